@@ -1,0 +1,115 @@
+"""Synthetic data sets. Everything is generated on the fly from a seed: nothing is downloaded.
+
+Induction data uses a vocabulary whose token 0 is ``BOS`` and tokens ``1 .. d_vocab - 1`` are "random" tokens with no
+meaning, so the only way to predict a token is to have seen the sequence before: exactly the job of an induction head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+BOS = 0
+
+
+def _generator(seed: int | torch.Generator | None) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    return torch.Generator().manual_seed(0 if seed is None else int(seed))
+
+
+def _random_tokens(shape: tuple[int, ...], d_vocab: int, generator: torch.Generator) -> Tensor:
+    return torch.randint(1, d_vocab, shape, generator=generator)
+
+
+def _distinct_tokens(batch: int, length: int, d_vocab: int, generator: torch.Generator) -> Tensor:
+    """``[batch, length]`` tokens, all different within a row (so "the earlier copy" is unambiguous)."""
+    if length > d_vocab - 1:
+        raise ValueError(f"cannot draw {length} distinct tokens from a vocabulary of {d_vocab - 1} non-BOS tokens")
+    rows = [torch.randperm(d_vocab - 1, generator=generator)[:length] + 1 for _ in range(batch)]
+    return torch.stack(rows)
+
+
+def with_bos(tokens: Tensor) -> Tensor:
+    """Prepend ``BOS`` to every row of ``tokens [batch, pos]``."""
+    return torch.cat([torch.full((tokens.shape[0], 1), BOS, dtype=tokens.dtype), tokens], dim=1)
+
+
+def repeated_tokens(batch: int, half_len: int, d_vocab: int, seed: int | torch.Generator | None = 0) -> Tensor:
+    """``[batch, 1 + 2 * half_len]``: BOS, then ``half_len`` random tokens, then the same tokens again.
+
+    The standard probe for induction heads (Olsson et al. 2022): the second half is perfectly predictable by
+    copying, the first half not at all.
+    """
+    generator = _generator(seed)
+    first = _random_tokens((batch, half_len), d_vocab, generator)
+    return with_bos(torch.cat([first, first], dim=1))
+
+
+def periodic_tokens(
+    batch: int,
+    seq_len: int,
+    d_vocab: int,
+    min_period: int,
+    max_period: int,
+    seed: int | torch.Generator | None = 0,
+) -> Tensor:
+    """``[batch, seq_len]``: BOS, then a random span whose length (the period) is drawn per row from
+    ``[min_period, max_period]``, tiled to fill the sequence. The course's induction training data."""
+    generator = _generator(seed)
+    periods = torch.randint(min_period, max_period + 1, (batch,), generator=generator)
+    spans = _random_tokens((batch, max_period), d_vocab, generator)
+    positions = torch.arange(seq_len - 1)
+    index = positions[None, :] % periods[:, None]  # [batch, seq_len - 1]
+    return with_bos(torch.gather(spans, 1, index))
+
+
+@dataclass
+class PatchingPair:
+    """A batch of clean/corrupted prompts for activation patching.
+
+    Every prompt is ``BOS, r_1 .. r_n, r_1 .. r_m``: the model should continue with ``answer = r_{m+1}`` by induction.
+
+    - ``corruption="value"``: in the corrupted prompt the first copy's ``r_{m+1}`` is replaced by ``wrong``, so
+      the induction head still attends to the same place but copies ``wrong`` instead.
+    - ``corruption="key"``: the first copy's ``r_m`` is replaced, so nothing earlier matches the current token
+      and the induction head has nowhere to attend (the previous-token head -> induction head key path breaks).
+
+    ``source_pos`` is the position of ``r_{m+1}`` in the first copy (the position the induction head should attend
+    to from the last position).
+    """
+
+    clean: Tensor  # [batch, pos]
+    corrupted: Tensor  # [batch, pos]
+    answer: Tensor  # [batch]
+    wrong: Tensor  # [batch]
+    source_pos: int
+    corruption: str
+
+
+def patching_pair(
+    batch: int,
+    half_len: int,
+    d_vocab: int,
+    prefix_len: int | None = None,
+    corruption: str = "value",
+    seed: int | torch.Generator | None = 0,
+) -> PatchingPair:
+    """Clean/corrupted prompts that differ in one token of the first copy (see :class:`PatchingPair`)."""
+    if corruption not in ("value", "key"):
+        raise ValueError(f"corruption must be 'value' or 'key', not {corruption!r}")
+    generator = _generator(seed)
+    m = half_len // 2 if prefix_len is None else prefix_len
+    if not 1 <= m < half_len:
+        raise ValueError(f"prefix_len must be in [1, {half_len - 1}], got {m}")
+    # half_len + 1 distinct tokens per row: the last one is the "wrong" token, absent from the clean prompt.
+    distinct = _distinct_tokens(batch, half_len + 1, d_vocab, generator)
+    first, wrong = distinct[:, :half_len], distinct[:, half_len]
+    clean = with_bos(torch.cat([first, first[:, :m]], dim=1))
+    corrupted = clean.clone()
+    source_pos = 1 + m  # position of r_{m+1} in the first copy (position 0 is BOS)
+    changed_pos = source_pos if corruption == "value" else source_pos - 1
+    corrupted[:, changed_pos] = wrong
+    return PatchingPair(clean, corrupted, first[:, m], wrong, source_pos, corruption)
