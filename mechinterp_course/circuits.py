@@ -7,6 +7,7 @@ tools later chapters reuse. Shapes follow TransformerLens: ``pattern [batch, n_h
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import einops
@@ -233,13 +234,14 @@ def attribution_patch_heads(model, clean: Tensor, corrupted: Tensor, metric: Met
         _, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n in names)
     saved: dict[str, Tensor] = {}
 
-    def save(z, hook):
+    def save(z, hook, name):
+        # `hook.name` can be the bridge's internal name, so each hook is told which name it stands for.
         z = z.detach().requires_grad_(True)
-        saved[hook.name] = z
+        saved[name] = z
         return z
 
     with torch.enable_grad():
-        value = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, save) for name in names]))
+        value = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, functools.partial(save, name=name)) for name in names]))
         grads = torch.autograd.grad(value, [saved[name] for name in names])
     estimates = []
     for name, grad in zip(names, grads):

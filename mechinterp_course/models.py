@@ -112,7 +112,13 @@ def make_model(config: ModelConfig | dict, seed: int = 0, device: str = "cpu"):
         warnings.simplefilter("ignore")
         model = TransformerBridge.boot_native(config.bridge_config(seed))
     init_weights(model, seed, config.d_model)
-    return model.to(device).eval()
+    return _to_device(model, device).eval()
+
+
+def _to_device(model, device: str):
+    """Move a model only when needed: the bridge prints a line on every ``.to()``, which clutters notebooks."""
+    current = next(model.parameters()).device
+    return model if current == torch.device(device) else model.to(device)
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -167,7 +173,7 @@ def load(name: str, device: str = "cpu", zoo_dir: Path | None = None):
     weights_path, _ = _paths(name, zoo_dir)
     model = make_model(model_card["config"], seed=model_card["seed"])
     model.load_state_dict(load_file(str(weights_path)))
-    return model.to(device).eval(), model_card
+    return _to_device(model, device).eval(), model_card
 
 
 def config_dict(config: ModelConfig) -> dict:
