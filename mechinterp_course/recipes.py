@@ -64,9 +64,12 @@ def induction_metrics(model) -> dict[str, float]:
 
 
 @recipe("induction-2l")
-def train_induction_2l(seed: int = 0, progress: bool = True):
-    """2-layer attention-only transformer on tiled random spans: induction heads form after a few hundred steps."""
-    spec = INDUCTION_TRAIN
+def train_induction_2l(seed: int = 0, progress: bool = True, steps: int | None = None):
+    """2-layer attention-only transformer on tiled random spans: induction heads form after a few hundred steps.
+
+    ``steps`` shortens the run (tests use it to check determinism cheaply); the zoo model uses the recipe's own.
+    """
+    spec = dict(INDUCTION_TRAIN, steps=steps or INDUCTION_TRAIN["steps"])
     model = models.make_model(INDUCTION_CONFIG, seed=seed)
 
     def batch_fn(step: int) -> torch.Tensor:
@@ -99,11 +102,11 @@ def train_induction_2l(seed: int = 0, progress: bool = True):
     return model, card
 
 
-def build(name: str, seed: int = 0, progress: bool = True, zoo_dir=None):
-    """Run a recipe and write its model and card into the zoo."""
+def build(name: str, seed: int = 0, progress: bool = True, zoo_dir=None, **overrides):
+    """Run a recipe and write its model and card into the zoo (``zoo_dir`` defaults to the package's own)."""
     if name not in RECIPES:
         raise KeyError(f"No recipe called {name!r}. Recipes: {', '.join(sorted(RECIPES))}.")
     start = time.perf_counter()
-    model, card = RECIPES[name](seed=seed, progress=progress)
+    model, card = RECIPES[name](seed=seed, progress=progress, **overrides)
     models.save(model, name, card, zoo_dir=zoo_dir)
     return model, card, time.perf_counter() - start

@@ -1,0 +1,100 @@
+"""The zoo: shipped checkpoints load, their cards' metrics re-measure, recipes are deterministic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mechinterp_course import circuits, models, recipes, tasks
+
+ZOO_BUDGET_BYTES = 25 * 1024 * 1024
+
+
+def test_zoo_lists_every_recipe_and_fits_the_budget():
+    assert set(models.list_zoo()) >= {"induction-2l"}
+    assert set(models.list_zoo()) <= set(recipes.RECIPES), "every zoo model must have a recipe that rebuilds it"
+    total = sum(p.stat().st_size for p in models.ZOO_DIR.iterdir() if p.is_file())
+    assert total < ZOO_BUDGET_BYTES, f"zoo is {total / 2**20:.1f} MB"
+
+
+@pytest.mark.parametrize("name", models.list_zoo())
+def test_card_is_complete_and_metrics_remeasure(name):
+    model, card = models.load(name)
+    for key in ("config", "recipe", "seed", "metrics", "n_params", "size_bytes", "train_seconds", "trained_on"):
+        assert key in card, f"card of {name} lacks {key}"
+    assert card["n_params"] == models.n_params(model)
+    assert card["size_bytes"] == (models.ZOO_DIR / f"{name}.safetensors").stat().st_size
+    metric_fn = {"induction-2l": recipes.induction_metrics}[card["recipe"]]
+    measured = metric_fn(model)
+    for key, value in card["metrics"].items():
+        assert measured[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_induction_model_has_induction_heads():
+    _, card = models.load("induction-2l")
+    assert card["metrics"]["max_induction_score"] > circuits.INDUCTION_THRESHOLD
+    assert card["metrics"]["repeated_second_half_loss"] < 0.5 < card["metrics"]["repeated_first_half_loss"]
+
+
+def test_unknown_zoo_model_gives_a_clear_error():
+    with pytest.raises(KeyError, match="induction-2l"):
+        models.load("gpt-5")
+
+
+def test_initialisation_is_documented_and_deterministic():
+    config = recipes.INDUCTION_CONFIG
+    a, b, c = models.make_model(config, seed=3), models.make_model(config, seed=3), models.make_model(config, seed=4)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key])
+        if key.endswith("bias"):
+            assert torch.count_nonzero(value) == 0
+        else:
+            expected_std = models.INIT_SCALE / config.d_model**0.5
+            assert value.std().item() == pytest.approx(expected_std, rel=0.15), key
+    assert not torch.equal(a.W_Q, c.W_Q)
+    assert not a.training, "models come back in eval mode"
+
+
+def test_recipe_is_deterministic_for_a_seed(tmp_path):
+    (m1, card1, _), (m2, card2, _) = [recipes.build("induction-2l", seed=5, progress=False, zoo_dir=tmp_path / str(i),
+                                                    steps=20) for i in range(2)]
+    for key, value in m1.state_dict().items():
+        assert torch.equal(value, m2.state_dict()[key]), key
+    assert card1["metrics"] == card2["metrics"]
+    saved = json.loads((tmp_path / "0" / "induction-2l.json").read_text())
+    assert saved["seed"] == 5 and saved["training"]["steps"] == 20
+
+
+@pytest.mark.slow
+def test_full_recipe_rebuilds_the_shipped_model(tmp_path):
+    """`mechinterp-course train induction-2l` reproduces the shipped card's numbers."""
+    _, shipped = models.load("induction-2l")
+    _, card, _ = recipes.build("induction-2l", seed=shipped["seed"], progress=False, zoo_dir=tmp_path)
+    for key, value in shipped["metrics"].items():
+        assert card["metrics"][key] == pytest.approx(value, abs=0.02), key
+
+
+def test_repeated_and_periodic_tokens():
+    tokens = tasks.repeated_tokens(4, 7, 50, seed=1)
+    assert tokens.shape == (4, 15) and (tokens[:, 0] == tasks.BOS).all()
+    assert torch.equal(tokens[:, 1:8], tokens[:, 8:])
+    assert (tokens[:, 1:] > 0).all() and (tokens < 50).all()
+    periodic = tasks.periodic_tokens(8, 40, 30, 3, 9, seed=2)
+    for row in periodic:
+        body = row[1:]
+        period = next(p for p in range(3, 10) if torch.equal(body[p:], body[:-p]))
+        assert 3 <= period <= 9
+    assert not torch.equal(tasks.repeated_tokens(4, 7, 50, seed=1), tasks.repeated_tokens(4, 7, 50, seed=2))
+
+
+@pytest.mark.parametrize("corruption", ["value", "key"])
+def test_patching_pairs(corruption):
+    pair = tasks.patching_pair(16, 10, 128, prefix_len=4, corruption=corruption, seed=0)
+    differs = (pair.clean != pair.corrupted).nonzero()[:, 1].unique().tolist()
+    assert differs == [pair.source_pos if corruption == "value" else pair.source_pos - 1]
+    assert torch.equal(pair.clean[:, pair.source_pos], pair.answer)
+    assert not (pair.clean == pair.wrong[:, None]).any(), "the wrong token never appears in the clean prompt"
+    with pytest.raises(ValueError, match="corruption"):
+        tasks.patching_pair(4, 10, 128, corruption="both")
