@@ -154,6 +154,34 @@ def save(model: torch.nn.Module, name: str, card: dict, zoo_dir: Path | None = N
     return weights_path
 
 
+def save_snapshots(snapshots: dict[int, dict[str, torch.Tensor]], name: str, zoo_dir: Path | None = None) -> Path:
+    """Write a training trajectory beside a zoo model: ``NAME.snapshots.safetensors``, keys ``"{step:06d}/{param}"``,
+    stored in float16 (half the size; plenty for plotting progress measures)."""
+    from safetensors.torch import save_file
+
+    weights_path, _ = _paths(name, zoo_dir)
+    path = weights_path.with_name(f"{name}.snapshots.safetensors")
+    flat = {f"{step:06d}/{key}": value.detach().to(torch.float16).contiguous()
+            for step, state in snapshots.items() for key, value in state.items()}
+    save_file(flat, str(path), metadata={"name": name})
+    return path
+
+
+def load_snapshots(name: str, zoo_dir: Path | None = None) -> dict[int, dict[str, torch.Tensor]]:
+    """``{step: state_dict}`` (float32) of a zoo model's shipped training trajectory."""
+    from safetensors.torch import load_file
+
+    weights_path, _ = _paths(name, zoo_dir)
+    path = weights_path.with_name(f"{name}.snapshots.safetensors")
+    if not path.exists():
+        raise KeyError(f"Zoo model {name!r} ships no snapshots.")
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(str(path)).items():
+        step, param = key.split("/", 1)
+        snapshots.setdefault(int(step), {})[param] = value.float()
+    return dict(sorted(snapshots.items()))
+
+
 def card(name: str, zoo_dir: Path | None = None) -> dict:
     """The model card of a zoo model: config, recipe, seed, metrics at the end of training, size."""
     _, card_path = _paths(name, zoo_dir)

@@ -113,3 +113,47 @@ def patching_pair(
     changed_pos = source_pos if corruption == "value" else source_pos - 1
     corrupted[:, changed_pos] = wrong
     return PatchingPair(clean, corrupted, first[:, m], wrong, source_pos, corruption)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Modular addition (the grokking chapter)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModularAddition:
+    """All ``p * p`` problems ``a b =`` -> ``(a + b) mod p``, split into train and test.
+
+    Tokens ``0 .. p-1`` are numbers and token ``p`` is ``=``, so ``d_vocab = p + 1``; the model predicts one of ``p``
+    answers from the logits at the ``=`` position (Nanda et al. 2023).
+    """
+
+    p: int
+    train_tokens: Tensor  # [n_train, 3]
+    train_labels: Tensor  # [n_train]
+    test_tokens: Tensor  # [n_test, 3]
+    test_labels: Tensor  # [n_test]
+
+    @property
+    def all_tokens(self) -> Tensor:
+        """``[p * p, 3]`` in the order ``a * p + b`` (handy for Fourier analysis over the full ``(a, b)`` grid)."""
+        a, b = torch.meshgrid(torch.arange(self.p), torch.arange(self.p), indexing="ij")
+        return torch.stack([a.flatten(), b.flatten(), torch.full((self.p * self.p,), self.p)], dim=1)
+
+    @property
+    def all_labels(self) -> Tensor:
+        tokens = self.all_tokens
+        return (tokens[:, 0] + tokens[:, 1]) % self.p
+
+
+def modular_addition(p: int, train_fraction: float, seed: int = 0) -> ModularAddition:
+    """The modular addition data set with a random train/test split of the ``p * p`` pairs."""
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    tokens = torch.stack([a.flatten(), b.flatten(), torch.full((p * p,), p)], dim=1)
+    labels = (tokens[:, 0] + tokens[:, 1]) % p
+    order = torch.randperm(p * p, generator=_generator(seed))
+    n_train = int(round(train_fraction * p * p))
+    train, test = order[:n_train], order[n_train:]
+    return ModularAddition(p, tokens[train], labels[train], tokens[test], labels[test])
