@@ -2,6 +2,7 @@
 
     ./course bench                 # everything
     ./course bench --only notebooks|recipes
+    ./course bench --only recipes --recipe modadd-113   # a long recipe (tens of minutes): only when named
 
 Each solution notebook is executed in a fresh Jupyter kernel (as a student would run it); wall time is measured
 around the whole execution (kernel start included) and peak memory is the largest resident set size of the kernel's
@@ -110,6 +111,8 @@ def write_markdown(results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["notebooks", "recipes"])
+    parser.add_argument("--recipe", action="append", metavar="NAME",
+                        help="time this recipe (repeatable; default: the recipes with a target, the quick ones)")
     args = parser.parse_args()
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine()}
     if args.only in (None, "notebooks"):
@@ -121,7 +124,9 @@ def main() -> None:
         from mechinterp_course import recipes
 
         results["recipes"] = {}
-        for name in sorted(recipes.RECIPES):
+        for name in args.recipe or sorted(RECIPE_TARGETS):
+            if name not in recipes.RECIPES:
+                parser.error(f"unknown recipe {name!r}; known: {sorted(recipes.RECIPES)}")
             results["recipes"][name] = bench_recipe(name)
             print(name, results["recipes"][name], flush=True)
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
