@@ -26,7 +26,7 @@ def test_card_is_complete_and_metrics_remeasure(name):
         assert key in card, f"card of {name} lacks {key}"
     assert card["n_params"] == models.n_params(model)
     assert card["size_bytes"] == (models.ZOO_DIR / f"{name}.safetensors").stat().st_size
-    metric_fn = {"induction-2l": recipes.induction_metrics}[card["recipe"]]
+    metric_fn = {"induction-2l": recipes.induction_metrics, "modadd-113": recipes.modadd_metrics}[card["recipe"]]
     measured = metric_fn(model)
     for key, value in card["metrics"].items():
         assert measured[key] == pytest.approx(value, abs=1e-4), key
@@ -98,3 +98,24 @@ def test_patching_pairs(corruption):
     assert not (pair.clean == pair.wrong[:, None]).any(), "the wrong token never appears in the clean prompt"
     with pytest.raises(ValueError, match="corruption"):
         tasks.patching_pair(4, 10, 128, corruption="both")
+
+
+def test_grokking_model_grokked_and_its_trajectory_remeasures():
+    """The shipped modadd-113 generalises (>= 99.9% test accuracy), its card says when it grokked, and the shipped
+    snapshots reproduce the card's accuracy record (checked at the first, the grokking and the last snapshot)."""
+    model, card = models.load("modadd-113")
+    assert card["metrics"]["test_accuracy"] >= 0.999
+    curve = {row["step"]: row for row in card["accuracy_at_snapshots"]}
+    grokked = card["grokked_at_step"]
+    assert grokked in curve and curve[grokked]["test_accuracy"] >= 0.99
+    assert all(row["test_accuracy"] < 0.99 for step, row in curve.items() if step < grokked)
+    assert len(card["log"]) >= card["training"]["steps"] // card["training"]["log_every"]
+    snapshots = models.load_snapshots("modadd-113")
+    assert sorted(snapshots) == sorted(curve)
+    data = tasks.modular_addition(recipes.MODADD_P, card["training"]["train_fraction"], card["training"]["data_seed"])
+    for step in (min(curve), grokked, max(curve)):
+        model.load_state_dict(snapshots[step])
+        measured = recipes.modadd_metrics(model, data)
+        # fp16 snapshots: accuracies agree to within a handful of the 12,769 pairs
+        assert measured["test_accuracy"] == pytest.approx(curve[step]["test_accuracy"], abs=2e-3), step
+        assert measured["train_accuracy"] == pytest.approx(curve[step]["train_accuracy"], abs=2e-3), step
