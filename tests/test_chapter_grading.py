@@ -38,6 +38,11 @@ WRONG_ANSWERS = {
         "def composition_score(W_A, W_B):\n"
         "    return (W_A @ W_B).norm(dim=(-2, -1)) / W_A.norm(dim=(-2, -1))  # forgot to divide by ||W_B||\n",
         "test-composition", "composition_score"),
+    "02_grokking": (
+        "ex-ssw",
+        "def sum_of_squared_weights(model):\n"
+        "    return sum(p.detach().pow(2).sum() for n, p in model.named_parameters() if 'weight' in n)  # forgot biases\n",
+        "test-ssw", "sum_of_squared_weights"),
 }
 
 pytestmark = pytest.mark.slow
