@@ -91,6 +91,20 @@ def bench_recipe(name: str) -> dict:
             "target_seconds": RECIPE_TARGETS.get(name)}
 
 
+def bench_in_notebook_grokking() -> dict:
+    """The chapter 02 run a student watches: the chapter's config until 100 steps after 99% test accuracy."""
+    import dataclasses
+
+    from mechinterp_course import grokking
+
+    config = dataclasses.replace(grokking.CHAPTER_CONFIG, steps=1000)
+    run = grokking.train_grokking(config, progress=False, stop_after_solved=100)
+    train_at, test_at = run.grok_steps
+    return {"seconds": round(run.seconds, 1), "steps": run.history[-1]["step"] + 1,
+            "step_99_train": train_at, "step_99_test": test_at,
+            "final_test_accuracy": run.history[-1].get("test_accuracy"), "target_seconds": 60}
+
+
 def machine() -> str:
     return (f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, torch {torch.__version__}")
@@ -105,6 +119,15 @@ def write_markdown(results: dict) -> None:
     for name, r in results.get("recipes", {}).items():
         lines.append(f"| recipe {name} (whole build / training loop) | {r['seconds']} / {r['train_loop_seconds']} | "
                      f"{r['target_seconds']} | | |")
+    for name, r in results.get("in_notebook", {}).items():
+        lines.append(f"| in-notebook training, {name} ({r['steps']} steps; 99% test accuracy at step "
+                     f"{r['step_99_test']}) | {r['seconds']} | {r['target_seconds']} | | |")
+    from mechinterp_course import models
+
+    for name in models.list_zoo():
+        card = models.card(name)
+        lines.append(f"| zoo {name}: training time recorded in its card ({card.get('trained_on')}) | "
+                     f"{card.get('train_seconds')} | | | |")
     RESULTS_MD.write_text("\n".join(lines) + "\n")
 
 
@@ -129,8 +152,11 @@ def main() -> None:
                 parser.error(f"unknown recipe {name!r}; known: {sorted(recipes.RECIPES)}")
             results["recipes"][name] = bench_recipe(name)
             print(name, results["recipes"][name], flush=True)
+    if args.only in (None, "recipes"):
+        results["in_notebook"] = {"grokking p=59": bench_in_notebook_grokking()}
+        print(results["in_notebook"], flush=True)
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
-    for key in ("notebooks", "recipes"):
+    for key in ("notebooks", "recipes", "in_notebook"):
         results[key] = {**previous.get(key, {}), **results.get(key, {})}
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results)
