@@ -6,8 +6,11 @@ One module per concern, each imported by the notebooks and the tests:
 - ``tasks``     synthetic data sets (repeated-token sequences, clean/corrupted pairs);
 - ``training``  a small training loop with a progress bar, evaluation and snapshots;
 - ``recipes``   the zoo's training recipes (``mechinterp-course train NAME`` rebuilds a zoo model);
-- ``circuits``  reference implementations for the "Circuits" chapter (what the graders compare against);
-- ``graders``   instant-feedback ``check_*`` functions, used in notebooks and in nbgrader test cells;
+- ``history``   chapter 00: the deck's history and maps as data, the digits CNN and feature visualisation;
+- ``circuits``  chapter 01: reference implementations (what the graders compare against);
+- ``grokking``  chapter 02: modular addition, the Fourier analysis, progress measures, the in-notebook run;
+- ``graders``   instant-feedback ``check_*`` functions, used in notebooks and in nbgrader test cells
+  (``grokking_graders`` holds chapter 02's);
 - ``plots``     plotly figures and offline circuitsvis wrappers;
 - ``research``  the deck's point scores and research advice, and the widget students record their own in;
 - ``real_models`` the optional online path to GPT-2 small;
