@@ -27,6 +27,7 @@ def test_decomposition_sums_to_logit_diff(model, pair):
     logits = logits.detach()
     terms, labels = circuits.logit_diff_decomposition(model, cache, pair.answer, pair.wrong)
     assert len(labels) == len(terms) == 2 + model.cfg.n_layers * (model.cfg.n_heads + 1) + 1
+    terms = terms.detach()
     assert float(terms.sum()) == pytest.approx(float(circuits.logit_diff(logits, pair.answer, pair.wrong)), abs=1e-3)
     # Induction heads write the answer: layer 1 carries most of the logit difference.
     layer1 = sum(float(t) for t, label in zip(terms, labels) if label.startswith("L1H"))
