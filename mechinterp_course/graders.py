@@ -372,10 +372,12 @@ def check_composition_score(fn: Callable) -> None:
 
 # Counterexample hunt ------------------------------------------------------------------------------------------
 
-#: The circuit's unexplained share must reach this (on-distribution it is about 0.04: see the chapter).
-COUNTEREXAMPLE_MAX_FAITHFULNESS = 0.7
-#: ... while the full model still predicts at least this fraction of the counted tokens correctly.
-COUNTEREXAMPLE_MIN_ACCURACY = 0.5
+#: The circuit must lose most of its faithfulness: at most this, against about 0.96 on the standard probe (so more
+#: than half of what the circuit explained there is gone). A distribution built from the architecture reaches ~0.3.
+COUNTEREXAMPLE_MAX_FAITHFULNESS = 0.5
+#: ... while the full model still does well: at least this fraction of the counted predictions right (the reference
+#: distribution gives ~0.89, the model's own training distribution ~0.99 on the repeated half).
+COUNTEREXAMPLE_MIN_ACCURACY = 0.7
 #: Enough counted predictions that the measurement is not noise.
 COUNTEREXAMPLE_MIN_PREDICTIONS = 500
 

@@ -37,10 +37,10 @@ def test_decomposition_sums_to_logit_diff(model, pair):
 def test_patching_the_whole_clean_run_restores_it(model, pair):
     metric = metric_for(pair)
     resid = circuits.patch_residual_by_layer_pos(model, pair.clean, pair.corrupted, metric)
-    clean_value = float(metric(model(pair.clean)))
+    clean_value = float(metric(model(pair.clean).detach()))
     # At layer 0 only the changed position carries the difference: patching it restores the clean run exactly.
     assert float(resid[0, pair.source_pos]) == pytest.approx(clean_value, abs=1e-3)
-    corrupted_value = float(metric(model(pair.corrupted)))
+    corrupted_value = float(metric(model(pair.corrupted).detach()))
     others = torch.cat([resid[0, : pair.source_pos], resid[0, pair.source_pos + 1 :]])
     assert torch.allclose(others, torch.full_like(others, corrupted_value), atol=1e-3)
 
@@ -58,7 +58,7 @@ def test_path_patching_finds_the_previous_token_head(model):
     the induction heads' keys restores the most; a sender in the receiver's own layer is refused."""
     key_pair = tasks.patching_pair(32, 10, model.cfg.d_vocab, corruption="key", seed=5)
     raw = metric_for(key_pair)
-    clean, corrupted = float(raw(model(key_pair.clean))), float(raw(model(key_pair.corrupted)))
+    clean, corrupted = float(raw(model(key_pair.clean).detach())), float(raw(model(key_pair.corrupted).detach()))
     metric = lambda logits: circuits.normalised_metric(raw(logits), clean, corrupted)
     effects = torch.tensor([[float(circuits.path_patch_key(model, key_pair.clean, key_pair.corrupted, (0, s), (1, r), metric))
                              for r in range(4)] for s in range(4)])

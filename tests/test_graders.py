@@ -179,13 +179,26 @@ def test_measurements():
 
 
 def test_counterexample():
-    def small_vocab(batch, seed):
-        tokens = tasks.periodic_tokens(batch, 64, 4, 16, 16, seed=seed)
-        mask = torch.zeros(batch, 63, dtype=torch.bool)
-        mask[:, 33:] = True
-        return tokens, mask
+    def runs(copies: int, n_distinct: int):
+        """Each of n_distinct random tokens written `copies` times, tiled; count predictions at a run's first token."""
+        def make_batch(batch, seed):
+            generator = torch.Generator().manual_seed(seed)
+            distinct = torch.stack([torch.randperm(127, generator=generator)[:n_distinct] + 1 for _ in range(batch)])
+            span = distinct.repeat_interleave(copies, dim=1)
+            span_len = span.shape[1]
+            tokens = torch.cat([torch.zeros(batch, 1, dtype=torch.long), span[:, torch.arange(63) % span_len]], dim=1)
+            mask = tokens[:, :-1] != torch.cat([torch.full((batch, 1), -1), tokens[:, :-2]], dim=1)
+            mask[:, : span_len + 1] = False
+            return tokens, mask
+        return make_batch
 
-    graders.check_counterexample(small_vocab)
+    runs_of_three = runs(3, 10)
+    graders.check_counterexample(runs_of_three)
+    outcome = graders.measure_counterexample(runs_of_three, seed=3)
+    assert outcome["faithfulness"] < 0.4 and outcome["full_accuracy"] > 0.8
+
+    # A near miss: with runs of five, several in-run keys outvote the exit key and the circuit copes again.
+    fails(graders.check_counterexample, runs(5, 6), "still explains")
 
     def standard(batch, seed):
         tokens = tasks.repeated_tokens(batch, 30, 128, seed=seed)
@@ -201,9 +214,9 @@ def test_counterexample():
 
     fails(graders.check_counterexample, model_fails_too, "does not do well")
 
-    fixed = small_vocab(128, 0)
+    fixed = runs_of_three(128, 0)
     fails(graders.check_counterexample, lambda batch, seed: (fixed[0][:batch], fixed[1][:batch]), "same tokens")
-    fails(graders.check_counterexample, lambda batch, seed: small_vocab(batch, seed)[0], "pair")
+    fails(graders.check_counterexample, lambda batch, seed: runs_of_three(batch, seed)[0], "pair")
 
 
 def test_compare_reports_without_revealing():
