@@ -68,7 +68,12 @@ class PeakRSS:
 def bench_notebook(path: Path) -> dict:
     nb = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory() as work:
-        client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": work}})
+        # The autograder's kernel manager: always this interpreter's ipykernel, whatever kernelspecs the machine has.
+        from mechinterp_course.autograde import _kernel_classes
+
+        kernel_manager_class, _ = _kernel_classes()
+        client = NotebookClient(nb, timeout=600, kernel_name="python3", kernel_manager_class=kernel_manager_class,
+                                resources={"metadata": {"path": work}})
         start = time.perf_counter()
         with client.setup_kernel():
             with PeakRSS(client.km.provisioner.process.pid) as memory:

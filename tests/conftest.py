@@ -1,7 +1,9 @@
 """Shared test set-up: the suite must pass with no network, so any attempt to open a connection fails the test.
 
 Local sockets are allowed (Jupyter kernels talk to the test process over loopback ZeroMQ and Unix sockets);
-anything else raises, with the address in the message so the culprit is easy to find.
+anything else raises, with the address in the message so the culprit is easy to find. Host-name look-ups other than
+this machine's are refused too. Code that catches the refusal (a library falling back quietly) does not hide it:
+every attempt, in this process or in a notebook kernel, is recorded and fails the test that made it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import tempfile
 
 import pytest
 
@@ -20,17 +23,24 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 # Subprocesses (notebook kernels, nbgrader) load tests/offline_site/sitecustomize.py, which refuses connections too.
 _OFFLINE_SITE = os.path.join(os.path.dirname(__file__), "offline_site")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [_OFFLINE_SITE, os.environ.get("PYTHONPATH", "")] if p)
+# Where those subprocesses record refused attempts (read after every test by ``no_network``).
+NETWORK_LOG = os.path.join(tempfile.mkdtemp(prefix="course-network-"), "attempts.log")
+os.environ["COURSE_NETWORK_LOG"] = NETWORK_LOG
 
 
 class NetworkAccessError(RuntimeError):
     pass
 
 
-def _is_local(address) -> bool:
-    if isinstance(address, (str, bytes)):  # a Unix socket path
-        return True
-    host = address[0]
-    if host in ("localhost", ""):
+_LOCAL_NAMES = {"localhost", "", socket.gethostname()}
+#: Attempts refused in this process during the current test (checked in ``no_network``'s teardown).
+_attempts: list[str] = []
+
+
+def _is_local_host(host) -> bool:
+    if isinstance(host, bytes):
+        host = host.decode(errors="replace")
+    if host is None or host in _LOCAL_NAMES:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -38,26 +48,61 @@ def _is_local(address) -> bool:
         return False
 
 
+def _is_local(address) -> bool:
+    if isinstance(address, (str, bytes)):  # a Unix socket path
+        return True
+    return _is_local_host(address[0])
+
+
+def _refuse(what: str):
+    _attempts.append(what)
+    raise NetworkAccessError(f"test tried to {what}")
+
+
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
-_real_create_connection = socket.create_connection
+_real_getaddrinfo = socket.getaddrinfo
 
 
 def _guarded_connect(self, address):
     if not _is_local(address):
-        raise NetworkAccessError(f"test tried to open a network connection to {address!r}")
+        _refuse(f"open a network connection to {address!r}")
     return _real_connect(self, address)
 
 
 def _guarded_connect_ex(self, address):
     if not _is_local(address):
-        raise NetworkAccessError(f"test tried to open a network connection to {address!r}")
+        _refuse(f"open a network connection to {address!r}")
     return _real_connect_ex(self, address)
 
 
+def _guarded_getaddrinfo(host, *args, **kwargs):
+    if not _is_local_host(host):
+        _refuse(f"look up the host name {host!r}")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+def _kernel_attempts_since(offset: int) -> list[str]:
+    if not os.path.exists(NETWORK_LOG):
+        return []
+    with open(NETWORK_LOG, encoding="utf-8") as f:
+        f.seek(offset)
+        return [line.strip() for line in f if line.strip()]
+
+
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Fail any test (in this process) that opens a non-loopback connection."""
+def no_network(request, monkeypatch):
+    """Fail any test that opens a non-loopback connection or looks up a host, here or in a subprocess it started,
+    even if the code that tried caught the error."""
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
     monkeypatch.setattr(socket.socket, "connect_ex", _guarded_connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", _guarded_getaddrinfo)
+    _attempts.clear()
+    offset = os.path.getsize(NETWORK_LOG) if os.path.exists(NETWORK_LOG) else 0
     yield
+    expected = request.node.get_closest_marker("network_attempt_expected") is not None
+    seen = _attempts + _kernel_attempts_since(offset)
+    _attempts.clear()
+    if seen and not expected:
+        pytest.fail("network access was attempted (refused, but it must not happen offline):\n  " + "\n  ".join(seen),
+                    pytrace=False)
