@@ -20,7 +20,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import einops
 import torch
@@ -67,7 +67,10 @@ def key_frequencies(W_E: Tensor, p: int, threshold: float = 0.5) -> list[int]:
 
 
 def gini(values: Tensor) -> Tensor:
-    """The Gini coefficient of non-negative ``values``: 0 when all equal, near 1 when one dominates."""
+    """The Gini coefficient of non-negative ``values``: 0 when all equal, ``1 - 1/n`` when one holds everything.
+
+    With ``x`` sorted ascending and ``i = 1 .. n``: ``G = sum_i (2i - n - 1) x_i / (n sum_i x_i)`` (the mean absolute
+    difference of all pairs over twice the mean). Scale-free: multiplying every value by a constant changes nothing."""
     x, _ = values.flatten().double().sort()
     n = x.numel()
     index = torch.arange(1, n + 1, dtype=torch.float64)
@@ -229,7 +232,8 @@ def train_grokking(config: GrokConfig = CHAPTER_CONFIG, callback: Callable[[dict
     """Full-batch AdamW (betas 0.9, 0.98) on ``config``'s training pairs; the loss is taken at ``=`` in float64.
 
     Every ``eval_every`` steps (and after the last) it logs train/test loss and accuracy and calls ``callback(row)``.
-    ``stop_after_solved`` ends training that many steps after test accuracy first reaches 99%.
+    ``stop_after_solved`` ends training that many steps after test accuracy first reaches 99%. Each logged row
+    measures train and test on the same weights (those the step's gradient was taken at).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # these tiny full-batch steps gain nothing from a second thread, and lose a lot to a busy core
@@ -258,11 +262,13 @@ def _train(config: GrokConfig, callback, progress: bool, stop_after_solved: int 
             loss = loss_at_equals(logits, data.train_labels)
             optimizer.zero_grad(set_to_none=True)
             (loss + _penalty(model, config)).backward()
-        optimizer.step()
-        if step % config.eval_every == 0 or step == config.steps - 1:
+        logged = step % config.eval_every == 0 or step == config.steps - 1
+        if logged:  # test on the same weights as the training loss above: before this step's update
             model.eval()
             with torch.no_grad():
                 test_logits = model(data.test_tokens)
+        optimizer.step()
+        if logged:
             row = {"step": step, "train_loss": float(loss.detach()),
                    "test_loss": float(loss_at_equals(test_logits, data.test_labels)),
                    "train_accuracy": float(accuracy_at_equals(logits.detach(), data.train_labels)),
@@ -276,6 +282,9 @@ def _train(config: GrokConfig, callback, progress: bool, stop_after_solved: int 
             if solved_at is None and row["test_accuracy"] >= SOLVED_ACCURACY:
                 solved_at = step
             if stop_after_solved is not None and solved_at is not None and step - solved_at >= stop_after_solved:
+                bar.total = bar.n = step + 1  # finished early: show a full bar, not one stuck part-way
+                bar.set_description(f"p={config.p} {config.operation} (solved at step {solved_at})")
+                bar.refresh()
                 break
     bar.close()
     model.eval()
@@ -469,6 +478,17 @@ def train_mask(data: tasks.ModularAddition) -> Tensor:
     return mask
 
 
+def margins(logits: Tensor, labels: Tensor) -> Tensor:
+    """``[...]``: the correct answer's logit minus the largest other logit, for ``logits [..., n_out]`` and
+    ``labels [...]``. Positive where the model is right; the smallest over the training set is the model's margin,
+    the quantity in Morwani et al.'s analysis (among networks of bounded weight norm, the ones that maximise it use
+    Fourier features)."""
+    logits = logits.double()
+    correct = logits.gather(-1, labels[..., None])[..., 0]
+    others = logits.scatter(-1, labels[..., None], -math.inf)
+    return correct - others.max(dim=-1).values
+
+
 def progress_measures(model, data: tasks.ModularAddition, key_freqs: Sequence[int]) -> dict[str, float]:
     """Everything the chapter plots per snapshot of the shipped trajectory."""
     p = data.p
@@ -489,6 +509,7 @@ def progress_measures(model, data: tasks.ModularAddition, key_freqs: Sequence[in
         "gini_W_E": float(gini(frequency_norms(W_E, p)[1:])),
         "gini_W_L": float(gini(frequency_norms(neuron_logit_map(model).detach().T, p)[1:])),
         "sum_squared_weights": float(sum_of_squared_weights(model)),
+        "min_train_margin": float(margins(logits, labels)[mask].min()),
     }
 
 
@@ -510,7 +531,13 @@ def trajectory_measures(snapshots: dict[int, dict[str, Tensor]], config: dict, s
 #: "Groks" = train accuracy reaches 99% at least this many steps before test accuracy does.
 GROK_MIN_GAP = 100
 #: The re-run's step budget for a setup as costly as the chapter's (about 30 s on one core); bigger setups get fewer.
+#: Every claim is judged on the whole budget, whatever ``steps`` the student's config says: "does not grok" means
+#: "does not grok within the budget", and a run cut short could not show otherwise.
 CLAIM_MAX_STEPS = 600
+#: A change must be big enough to be a different setup, not the chapter's with a rounding error: numeric fields
+#: move by at least this fraction of the chapter's value (``train_fraction``: at least this many points, absolute).
+MIN_RELATIVE_CHANGE = 0.25
+MIN_FRACTION_CHANGE = 0.1
 PREDICTIONS = ("groks", "does not grok")
 _LIMITS = {"d_model": (16, 128), "d_mlp": (16, 512), "n_layers": (1, 2), "n_heads": (1, 8),
            "train_fraction": (0.05, 0.95), "strength": (0.0, 10.0)}
@@ -567,11 +594,31 @@ def validate_claim(claim: Any) -> tuple[GrokConfig, str, str]:
         found = ", ".join(kinds) if kinds else "nothing"
         raise ValueError(f"the config should differ from the chapter's (grokking.CHAPTER_CONFIG) in exactly the kind "
                          f"you state ({change}); it differs in: {found}.")
+    _require_a_real_change(config, change)
     budget = claim_step_budget(config)
-    if not 1 <= config.steps <= budget:
-        raise ValueError(f"steps = {config.steps}: the grader re-runs this setup for at most {budget} steps (about 30 s "
-                         f"on one core); lower steps, or make the setup cheaper.")
-    return config, change, prediction
+    if budget < 2 * GROK_MIN_GAP:
+        raise ValueError(f"this setup is too costly to re-run: the grader could afford only {budget} steps (about 30 s "
+                         f"on one core); make it smaller.")
+    return replace(config, steps=budget), change, prediction
+
+
+def _require_a_real_change(config: GrokConfig, change: str) -> None:
+    """Refuse a change too small to be a different setup (``MIN_RELATIVE_CHANGE``, ``MIN_FRACTION_CHANGE``)."""
+    base = CHAPTER_CONFIG
+    if change == "train_fraction" and abs(config.train_fraction - base.train_fraction) < MIN_FRACTION_CHANGE - 1e-9:
+        raise ValueError(f"train_fraction {config.train_fraction} is within {MIN_FRACTION_CHANGE} of the chapter's "
+                         f"{base.train_fraction}: that is the same setup. Move it further.")
+    if change == "regulariser" and config.regulariser == base.regulariser and \
+            abs(config.strength - base.strength) < MIN_RELATIVE_CHANGE * base.strength - 1e-9:
+        raise ValueError(f"weight decay {config.strength} is within {MIN_RELATIVE_CHANGE:.0%} of the chapter's "
+                         f"{base.strength}: that is the same setup. Change it more, or use another regulariser.")
+    if change == "architecture":
+        moved = [name for name in ("d_model", "d_mlp")
+                 if abs(getattr(config, name) - getattr(base, name)) >= MIN_RELATIVE_CHANGE * getattr(base, name) - 1e-9]
+        discrete = [name for name in ("n_heads", "n_layers", "act_fn") if getattr(config, name) != getattr(base, name)]
+        if not moved and not discrete:
+            raise ValueError(f"d_model and d_mlp must move by at least {MIN_RELATIVE_CHANGE:.0%} (or change n_heads, "
+                             f"n_layers or act_fn): a smaller change is the same setup.")
 
 
 def claim_verdict(history: list[dict]) -> str:
@@ -593,8 +640,10 @@ def describe_outcome(run: GrokRun) -> str:
 
 
 def run_claim(config: GrokConfig, progress: bool = True) -> tuple[str, GrokRun]:
-    """Train ``config`` (on one thread, like every ``train_grokking`` run) as the grader does, stopping once test
-    accuracy reaches 99%, and return ``(verdict, run)``."""
+    """Train ``config`` as the grader does (for ``claim_step_budget(config)`` steps whatever ``config.steps`` says, on
+    one thread like every ``train_grokking`` run, stopping once test accuracy reaches 99%) and return
+    ``(verdict, run)``."""
+    config = replace(config, steps=claim_step_budget(config))
     run = train_grokking(config, progress=progress, stop_after_solved=0)  # one thread, as train_grokking always does
     return claim_verdict(run.history), run
 
@@ -651,5 +700,13 @@ def synthetic_trajectories(seed: int, n: int = 6) -> list[tuple[list[int], list[
         excluded = (1 + 4 * (t - mem).abs()) * noise()
         test = (5 + 20 * torch.sigmoid((t - mem) * 30)) * torch.sigmoid(-(t - drop) * 40) * noise() + 1e-3
         weights = (300 + 500 * torch.sigmoid(-(t - settle) * 25) + 100 * (1 - t)) * noise()
+        # Traps for rules read too loosely, in every other trajectory: during memorisation, a test-loss spike above
+        # the later peak (the peak counts "from the end of memorisation on") and a dip of the weights below their
+        # later minimum (the minimum counts "from the start of clean-up on").
+        i_mem = int(torch.argmin(excluded))
+        if len(problems) % 2 and i_mem >= 3:
+            early = int(torch.randint(1, i_mem - 1, (1,), generator=generator))
+            test[early] = 2.5 * float(test[i_mem:].max())
+            weights[early] = 0.5 * float(weights.min())
         problems.append((steps, excluded.tolist(), test.tolist(), weights.tolist()))
     return problems

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import grokking
+from . import grokking, tasks
 from .graders import CheckFailed, _call, _fail, _passed, _require_own_function, _seed, compare  # noqa: F401
 
 __all__ = ["CheckFailed"]
@@ -51,6 +51,37 @@ def check_all_pairs(fn: Callable) -> None:
                 _fail(exercise, f"{what} has dtype {actual.dtype}; token ids and labels are integers (torch.long).")
             compare(exercise, actual, expected, what, atol=0, rtol=0, context=f"(p = {p})")
     _passed(exercise, "p = 5, 13 and 59: every pair once, in order, with its answer")
+
+
+def check_split_indices(fn: Callable) -> None:
+    """``fn(n, train_fraction, seed) -> (train [n_train], test [n - n_train])`` as ``tasks.split_indices`` documents."""
+    exercise = "split_indices"
+    _require_own_function(exercise, fn, tasks.split_indices)
+    cases = [(25, 0.5, _seed(exercise, 0)), (169, 0.3, _seed(exercise, 1)), (3481, 0.5, _seed(exercise, 2)),
+             (49, 0.9, _seed(exercise, 3))]
+    for n, fraction, seed in cases:
+        result = _call(exercise, fn, n, fraction, seed)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            _fail(exercise, "return a pair (train_indices, test_indices).")
+        train, test = result
+        context = f"(n = {n}, train_fraction = {fraction})"
+        for what, actual in (("train", train), ("test", test)):
+            if not isinstance(actual, Tensor) or actual.is_floating_point() or actual.ndim != 1:
+                _fail(exercise, f"the {what} indices should be a 1-D integer tensor {context}.")
+        n_train = int(round(fraction * n))
+        if len(train) != n_train or len(test) != n - n_train:
+            _fail(exercise, f"{len(train)} train and {len(test)} test indices {context}; expected round(fraction * n) "
+                            f"= {n_train} and the other {n - n_train}.")
+        every = torch.cat([train, test]).sort().values
+        if not torch.equal(every, torch.arange(n)):
+            _fail(exercise, f"train and test together must hold every index 0 .. {n - 1} exactly once {context}.")
+        if torch.equal(train, torch.arange(n_train)):
+            _fail(exercise, f"the training set is the first {n_train} indices in order {context}: shuffle first.")
+        expected_train, expected_test = tasks.split_indices(n, fraction, seed)
+        compare(exercise, train, expected_train, "the train indices", atol=0, rtol=0,
+                context=f"{context}: use torch.randperm(n, generator=torch.Generator().manual_seed(seed))")
+        compare(exercise, test, expected_test, "the test indices", atol=0, rtol=0, context=context)
+    _passed(exercise, f"{len(cases)} sizes, fractions and seeds: a shuffled split of the right sizes")
 
 
 def check_loss_at_equals(fn: Callable) -> None:
@@ -270,12 +301,37 @@ def check_sum_of_squared_weights(fn: Callable) -> None:
     exercise = "sum_of_squared_weights"
     _require_own_function(exercise, fn, grokking.sum_of_squared_weights)
     for trial, sizes in enumerate([(3, 4), (5, 2, 7), (8, 8, 8, 1)]):
-        torch.manual_seed(_seed(exercise, trial))
-        layers = [torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        with torch.random.fork_rng():  # seeded models, without touching the notebook's own random state
+            torch.manual_seed(_seed(exercise, trial))
+            layers = [torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
         model = torch.nn.Sequential(*layers)
         compare(exercise, _call(exercise, fn, model), grokking.sum_of_squared_weights(model).detach(),
                 "the sum", atol=1e-4, context=f"(a random MLP with layer sizes {sizes})")
     _passed(exercise, "3 random models, weights and biases")
+
+
+def check_gini(fn: Callable) -> None:
+    """``fn(values [n]) -> scalar``: the Gini coefficient, 0 for equal values, ``1 - 1/n`` for a single nonzero one."""
+    exercise = "gini"
+    _require_own_function(exercise, fn, grokking.gini)
+    for trial, (n, skew) in enumerate([(8, 1.0), (57, 4.0), (29, 0.3)]):
+        generator = _generator(exercise, trial)
+        values = torch.rand(n, generator=generator, dtype=torch.float64).pow(skew)  # unsorted, of random sparsity
+        expected = grokking.gini(values)
+        compare(exercise, torch.as_tensor(_call(exercise, fn, values.clone())).double(), expected, "the coefficient",
+                atol=1e-6, context=f"({n} random values)")
+        # Properties: it does not depend on the order or the scale of the values.
+        shuffled = values[torch.randperm(n, generator=generator)] * 7.5
+        compare(exercise, torch.as_tensor(_call(exercise, fn, shuffled)).double(), expected, "the coefficient",
+                atol=1e-6, context="(after shuffling and scaling the same values, which must change nothing)")
+    for n in (10, 57):
+        one_hot = torch.zeros(n, dtype=torch.float64)
+        one_hot[n // 3] = 2.0
+        compare(exercise, torch.as_tensor(_call(exercise, fn, one_hot)).double(), torch.tensor(1 - 1 / n, dtype=torch.float64),
+                "the coefficient", atol=1e-6, context=f"(one nonzero value out of {n})")
+        compare(exercise, torch.as_tensor(_call(exercise, fn, torch.full((n,), 0.3, dtype=torch.float64))).double(),
+                torch.tensor(0.0, dtype=torch.float64), "the coefficient", atol=1e-6, context=f"({n} equal values)")
+    _passed(exercise, "3 random spectra (order and scale ignored), one-hot and flat extremes")
 
 
 def check_find_phases(fn: Callable) -> None:

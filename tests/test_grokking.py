@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from mechinterp_course import grokking, grokking_graders as gg
+from mechinterp_course import grokking, grokking_graders as gg, tasks
 from mechinterp_course.graders import CheckFailed
 
 
@@ -121,8 +121,20 @@ def test_claim_validation_messages():
         grokking.validate_claim(dict(ok, config=base))
     with pytest.raises(ValueError, match="keep lr"):
         grokking.validate_claim(dict(ok, config=dataclasses.replace(ok["config"], lr=1e-2)))
-    with pytest.raises(ValueError, match="at most"):
-        grokking.validate_claim(dict(ok, config=dataclasses.replace(ok["config"], steps=100_000)))
+    # steps is the student's to explore with; the grader always judges the whole budget.
+    config, _, _ = grokking.validate_claim(dict(ok, config=dataclasses.replace(ok["config"], steps=100_000)))
+    assert config.steps == grokking.claim_step_budget(config) < 100_000
+    assert grokking.validate_claim(dict(ok, config=dataclasses.replace(ok["config"], steps=1)))[0].steps == config.steps
+    # A change too small to be another setup is refused; one at the threshold is accepted.
+    for small, kind in [(dict(train_fraction=0.55), "train_fraction"), (dict(strength=2.5), "regulariser"),
+                        (dict(d_model=60, d_mlp=240), "architecture")]:
+        with pytest.raises(ValueError, match="same setup"):
+            grokking.validate_claim(dict(ok, config=dataclasses.replace(base, **small), change=kind))
+    for enough, kind in [(dict(train_fraction=0.6), "train_fraction"), (dict(strength=0.0, regulariser="none"), "regulariser"),
+                         (dict(d_mlp=192), "architecture"), (dict(act_fn="gelu"), "architecture")]:
+        assert grokking.validate_claim(dict(ok, config=dataclasses.replace(base, **enough), change=kind))[1] == kind
+    with pytest.raises(ValueError, match="too costly"):
+        grokking.validate_claim(dict(ok, config=dataclasses.replace(base, d_model=128, d_mlp=512), change="architecture"))
     with pytest.raises(ValueError, match="prediction"):
         grokking.validate_claim(dict(ok, prediction="maybe"))
     with pytest.raises(ValueError, match="keys"):
@@ -145,6 +157,8 @@ def test_claim_verdict_rule():
 
 CASES = {
     gg.check_all_pairs: grokking.all_pairs,
+    gg.check_split_indices: tasks.split_indices,
+    gg.check_gini: grokking.gini,
     gg.check_loss_at_equals: grokking.loss_at_equals,
     gg.check_grok_steps: grokking.grok_steps,
     gg.check_fourier_basis: lambda p: grokking.fourier_basis(p)[0],
@@ -167,8 +181,8 @@ def test_grader_passes_the_reference(check, capsys):
 
 @pytest.mark.parametrize("check", list(CASES), ids=lambda c: c.__name__)
 def test_grader_refuses_the_library_function_and_unfinished_stubs(check):
-    if check is not gg.check_fourier_basis:
-        fails(check, CASES[check], match="reference implementation")
+    library_function = grokking.fourier_basis if check is gg.check_fourier_basis else CASES[check]
+    fails(check, library_function, match="reference implementation")
 
     def stub(*args, **kwargs):
         raise NotImplementedError
@@ -224,6 +238,46 @@ def test_wrong_answers_fail_with_useful_messages():
     fails(gg.check_neuron_frequency_fractions, student(lambda acts, p: (grokking.neuron_frequency_fractions(acts, p)[0],
                                                                         grokking.neuron_frequency_fractions(acts, p)[1] - 1)))
     fails(gg.check_find_phases, student(lambda s, e, t, w: (s[int(torch.tensor(e).argmin())], s[-1], s[-1])))
+    # The phase rules read too loosely: the test-loss peak or the weights' minimum taken over the whole run.
+    for whole_run_peak, whole_run_min in [(True, False), (False, True)]:
+        fails(gg.check_find_phases, student(lambda s, e, t, w, a=whole_run_peak, b=whole_run_min:
+                                            _loose_phases(s, e, t, w, a, b)))
+    # Split: unshuffled, floored instead of rounded, or ignoring the seed.
+    fails(gg.check_split_indices, student(lambda n, f, seed: (torch.arange(round(f * n)), torch.arange(round(f * n), n))),
+          match="shuffle")
+    fails(gg.check_split_indices, student(lambda n, f, seed: tasks.split_indices(n, int(f * n) / n + 1e-12, seed)),
+          match="round")
+    fails(gg.check_split_indices, student(lambda n, f, seed: tasks.split_indices(n, f, 0)), match="train indices")
+    # Gini: unsorted values, or the textbook slip of dividing by n - 1.
+    fails(gg.check_gini, student(lambda v: (((2 * torch.arange(1, len(v) + 1) - len(v) - 1) * v.double()).sum()
+                                            / (len(v) * v.double().sum()))))
+    fails(gg.check_gini, student(lambda v: grokking.gini(v) * len(v) / (len(v) - 1)))
+
+
+def _loose_phases(steps, excluded, test_loss, weights, whole_run_peak, whole_run_min):
+    """find_phases with one rule read too loosely (the kind of slip the grader's trap trajectories catch)."""
+    i_mem = min(range(len(steps)), key=lambda i: (excluded[i], i))
+    peak = max(test_loss) if whole_run_peak else max(test_loss[i_mem:])
+    later = [i for i in range(i_mem + 1, len(steps)) if test_loss[i] < grokking.CLEANUP_START_FRACTION * peak]
+    i_start = later[0] if later else len(steps) - 1
+    w_min = min(weights) if whole_run_min else min(weights[i_start:])
+    bound = w_min + (1 - grokking.CLEANUP_END_FRACTION) * (weights[i_start] - w_min)
+    i_end = next((i for i in range(i_start, len(steps)) if weights[i] <= bound), len(steps) - 1)
+    return steps[i_mem], steps[i_start], steps[i_end]
+
+
+def test_sum_of_squared_weights_grader_leaves_the_random_state_alone():
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    gg.check_sum_of_squared_weights(student(grokking.sum_of_squared_weights))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_margins():
+    logits = torch.tensor([[[2.0, 5.0, 1.0], [0.0, -1.0, 3.0]]])  # [1, 2, 3]
+    labels = torch.tensor([[1, 0]])
+    assert grokking.margins(logits, labels).tolist() == [[3.0, -3.0]]
 
 
 def test_claim_grader_rejects_invalid_claims():
@@ -241,3 +295,13 @@ def test_claim_grader_reruns_and_checks_the_prediction(capsys):
     assert "\u2705" in capsys.readouterr().out
     with pytest.raises(CheckFailed, match="you predicted 'groks'"):
         gg.check_claim(dict(claim, prediction="groks"))
+
+
+@pytest.mark.slow
+def test_a_claim_cannot_be_won_by_cutting_the_run_short():
+    """'Does not grok', with steps = 1, on a setup that groks within the budget (d_mlp 192: 99% train accuracy at
+    step 110, test at 250, measured): the grader runs the whole budget, so the claim fails."""
+    claim = {"config": dataclasses.replace(grokking.CHAPTER_CONFIG, d_mlp=192, steps=1), "change": "architecture",
+             "prediction": "does not grok"}
+    with pytest.raises(CheckFailed, match="counts as 'groks'"):
+        gg.check_claim(claim)
