@@ -6,23 +6,29 @@ Two kinds of text live here, and every record says which it is:
 - **the deck's**: transcribed from the talk ("Mechanistic Interpretability: the big ideas, schools of thought, and
   areas people care about and why"), with its slide number; quiz answer keys come only from these;
 - **the course's**: one-line paper summaries and glosses the course adds (``summary_by="course"``), kept to facts
-  that are well known and stated in the papers themselves.
+  that are well known and stated in the papers themselves; dates the deck does not give (``date_by="course"``); and
+  every pairing of a deck item with a chapter of this course.
+
+Anything presented as the deck's words is verbatim (its spelling and typography kept); tests/test_history.py checks
+each such string against the deck's text. Where the course shortens or rewords a line, the record says so.
 
 Where the deck's *text* does not say something (for example where a paper sits on its ternary plot, whose picture is
 not part of the text), nothing here pretends it does.
 
-The code half is the feature-visualisation lab: the 8x8 digits data set that ships inside scikit-learn (no
-download), a small CNN with a ``run_with_cache`` in the style of TransformerLens, activation maximisation with jitter
-and L2 / total-variation penalties, top-activating dataset examples, and the computation that picks a research area
-from the student's point scores and the deck's.
+The code half is the chapter's lab: the 8x8 digits data set that ships inside scikit-learn (no download), a small
+CNN with a ``run_with_cache`` in the style of TransformerLens, activation maximisation with jitter and L2 /
+total-variation penalties, top-activating dataset examples, training-data attribution by last-layer gradient
+similarity (TracIn-style, at the final checkpoint), and the computation that picks a research area from the
+student's point scores and the deck's.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+import einops
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,6 +50,22 @@ CHAPTERS: dict[str, str] = {
     "05": "Attention superposition",
     "06": "What counts as mechanistic understanding",
 }
+#: Each chapter's status, as the README's chapter table gives it (a test keeps the two in step). Text that depends on
+#: which chapters exist is computed from this, so that it cannot go stale.
+CHAPTER_STATUS: dict[str, str] = {
+    "00": "ready", "01": "ready", "02": "ready", "03": "planned", "04": "planned", "05": "planned", "06": "planned",
+}
+
+
+def chapter_label(code: str) -> str:
+    """``"02 Grokking"``, or ``"03 Backup behaviour (planned)"`` for a chapter that is not written yet."""
+    planned = " (planned)" if CHAPTER_STATUS[code] != "ready" else ""
+    return f"{code} {CHAPTERS[code]}{planned}"
+
+
+def chapters_label(codes: Sequence[str]) -> str:
+    """The labels of ``codes`` joined with commas, or ``"none"``."""
+    return ", ".join(chapter_label(code) for code in codes) or "none"
 
 # --------------------------------------------------------------------------------------------------------------
 # People (slides 4-5)
@@ -79,7 +101,7 @@ PEOPLE: list[Person] = [
 # --------------------------------------------------------------------------------------------------------------
 # The timeline: slide 6 (prehistory), slide 7 (transformer-circuits), slides 55-78 (attention superposition), the
 # papers the deck names on its maps (slides 9-15), in its areas (slides 19-44) and among its successes (slides 80-81),
-# and the papers every later chapter reproduces
+# and the papers every later chapter studies
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -95,7 +117,8 @@ class Event:
     slides: tuple[int, ...] = ()  # where the deck mentions it (empty: the deck does not)
     end: tuple[int, int] | None = None  # for spans
     precision: str = "month"  # "year" where the deck gives only a year
-    deck_text: str = ""  # the deck's words when the summary is the course's
+    deck_text: str = ""  # the deck's words (verbatim) when the summary is the course's
+    date_by: str = "deck"  # "deck": the date is on one of ``slides``; "course": the deck gives no date, the course does
 
     @property
     def date_label(self) -> str:
@@ -105,6 +128,11 @@ class Event:
 
         label = one(self.start, self.precision)
         return label if self.end is None else f"{label} - {one(self.end, self.precision)}"
+
+    @property
+    def date_note(self) -> str:
+        """``""`` for a date the deck gives, else a short note that the date is the course's."""
+        return "" if self.date_by == _DECK else "the course's date (the deck gives none)"
 
     @property
     def sort_key(self) -> tuple[int, int]:
@@ -123,44 +151,51 @@ TRACKS: dict[str, str] = {
 
 _DECK, _COURSE = "deck", "course"
 
+#: Slide 6, "The prehistory (biography of the OG)", complete and verbatim: ``(year, the deck's words, event key)``.
+#: The 2020 line belongs to the Circuits thread, whose event sits in the transformer-circuits track (slide 7 dates it).
+SLIDE_6: list[tuple[str, str, str]] = [
+    ("2010 & 2011", "Chris Olah does 3d printing in highschool", "olah-3d-printing"),
+    ("2012", "Chris gets Thiel Fellowship for 3d printing. AI is a side hobby at this point", "thiel-fellowship"),
+    ("2013", "cold emails Yoshua Bengio @ MILA. Gets into deep learning", "emails-bengio"),
+    ("2014", "Google Brain internship, explores visualizing neural networks", "google-brain"),
+    ("2015", "Hops on Alexander Mordvintsev (AM)\u2019s DeepDream, generalizes it", "deepdream"),
+    ("2016", "co-founds Distill. Writes Concrete Problems in AI Safety with Dario Amodei", "distill"),
+    ("2017", "Separately, Transformers are invented.", "transformers"),
+    ("2018", "Creates Lucid w/ AM & Ludwig. Joins OpenAI. Mechinterp work starts here.", "lucid-openai"),
+    ("2019", "Chris -> mentorship role. Nick Cammarata drives Vision Circuits work", "vision-circuits"),
+    ("2020", "Circuits thread on Distill", "circuits-thread"),
+    ("2021", "Distill indefinite hiatus. Chris joins Anthropic. Starts transformer-circuits", "anthropic"),
+]
+_SLIDE_6_TEXT = {key: text for _, text, key in SLIDE_6}
+
 TIMELINE: list[Event] = sorted([
     # Slide 6: "The prehistory (biography of the OG)". The deck's own words.
     Event("olah-3d-printing", (2010, 1), "Chris Olah does 3d printing in highschool",
-          "2010 & 2011 - Chris Olah does 3d printing in highschool", _DECK, "prehistory", slides=(6,),
-          end=(2011, 1), precision="year"),
-    Event("thiel-fellowship", (2012, 1), "Thiel Fellowship",
-          "Chris gets Thiel Fellowship for 3d printing. AI is a side hobby at this point", _DECK, "prehistory",
+          _SLIDE_6_TEXT["olah-3d-printing"], _DECK, "prehistory", slides=(6,), end=(2011, 1), precision="year"),
+    Event("thiel-fellowship", (2012, 1), "Thiel Fellowship", _SLIDE_6_TEXT["thiel-fellowship"], _DECK, "prehistory",
           slides=(6,), precision="year"),
-    Event("emails-bengio", (2013, 1), "Cold-emails Yoshua Bengio",
-          "cold emails Yoshua Bengio @ MILA. Gets into deep learning", _DECK, "prehistory", slides=(6,),
-          precision="year"),
-    Event("google-brain", (2014, 1), "Google Brain internship",
-          "Google Brain internship, explores visualizing neural networks", _DECK, "prehistory", slides=(6,),
-          precision="year"),
-    Event("deepdream", (2015, 1), "DeepDream, generalised",
-          "Hops on Alexander Mordvintsev (AM)'s DeepDream, generalizes it", _DECK, "prehistory", chapters=("00",),
-          slides=(5, 6), precision="year"),
-    Event("distill", (2016, 1), "Co-founds Distill; Concrete Problems in AI Safety",
-          "co-founds Distill. Writes Concrete Problems in AI Safety with Dario Amodei", _DECK, "prehistory",
+    Event("emails-bengio", (2013, 1), "Cold-emails Yoshua Bengio", _SLIDE_6_TEXT["emails-bengio"], _DECK,
+          "prehistory", slides=(6,), precision="year"),
+    Event("google-brain", (2014, 1), "Google Brain internship", _SLIDE_6_TEXT["google-brain"], _DECK, "prehistory",
           slides=(6,), precision="year"),
-    Event("transformers", (2017, 1), "Transformers are invented",
-          "Separately, Transformers are invented.", _DECK, "prehistory", slides=(6,), precision="year"),
-    Event("lucid-openai", (2018, 1), "Lucid; joins OpenAI",
-          "Creates Lucid w/ AM & Ludwig. Joins OpenAI. Mechinterp work starts here.", _DECK, "prehistory",
+    Event("deepdream", (2015, 1), "DeepDream, generalised", _SLIDE_6_TEXT["deepdream"], _DECK, "prehistory",
+          chapters=("00",), slides=(5, 6), precision="year"),
+    Event("distill", (2016, 1), "Co-founds Distill; Concrete Problems in AI Safety", _SLIDE_6_TEXT["distill"], _DECK,
+          "prehistory", slides=(6,), precision="year"),
+    Event("transformers", (2017, 1), "Transformers are invented", _SLIDE_6_TEXT["transformers"], _DECK, "prehistory",
+          slides=(6,), precision="year"),
+    Event("lucid-openai", (2018, 1), "Lucid; joins OpenAI", _SLIDE_6_TEXT["lucid-openai"], _DECK, "prehistory",
           chapters=("00",), slides=(6,), precision="year"),
     Event("vision-circuits", (2019, 1), "Nick Cammarata drives the vision circuits work",
-          "Chris -> mentorship role. Nick Cammarata drives Vision Circuits work", _DECK, "prehistory", slides=(6,),
-          precision="year"),
-    Event("anthropic", (2021, 1), "Distill on hiatus; Chris joins Anthropic",
-          "Distill indefinite hiatus. Chris joins Anthropic. Starts transformer-circuits", _DECK, "prehistory",
-          slides=(6,), precision="year"),
+          _SLIDE_6_TEXT["vision-circuits"], _DECK, "prehistory", slides=(6,), precision="year"),
+    Event("anthropic", (2021, 1), "Distill on hiatus; Chris joins Anthropic", _SLIDE_6_TEXT["anthropic"], _DECK,
+          "prehistory", slides=(6,), precision="year"),
     # Slide 7: "transformer-circuits".
     Event("circuits-thread", (2020, 3), "Distill Circuits thread",
           "A thread of Distill articles reverse-engineering InceptionV1: curve detectors, high-low frequency "
           "detectors, equivariance, branch specialisation.", _COURSE, "transformer-circuits", chapters=("00",),
           slides=(6, 7, 9), end=(2021, 4),
-          deck_text="March 2020 - April 2021 - Original distill circuits thread (slide 6: 2020 - Circuits thread on "
-                    "Distill)"),
+          deck_text="March 2020 - April 2021 \u2014 Original distill circuits thread"),
     Event("math-framework", (2021, 12), "A Mathematical Framework for Transformer Circuits",
           "Reads attention-only transformers as sums of paths (QK and OV circuits) and finds induction heads built "
           "by K-composition in two-layer models.", _COURSE, "transformer-circuits", chapters=("01",), slides=(7, 9),
@@ -179,10 +214,13 @@ TIMELINE: list[Event] = sorted([
           "arrangements (antipodal pairs, pentagons) that change in phase transitions with sparsity.", _COURSE,
           "transformer-circuits", chapters=("04",), slides=(7, 9),
           deck_text="September 2022 - Toy Models of Superposition"),
+    # Slide 7 names "Double descent" among the small posts of a one-year gap but gives it no date: the date is the
+    # course's.
     Event("double-descent", (2023, 1), "Superposition, Memorization, and Double Descent",
           "Toy models that memorise store data points, not features, in superposition, and the switch to "
           "generalising features shows up as double descent.", _COURSE, "transformer-circuits", slides=(7,),
-          deck_text="(Small posts fill a 1 year gap ~ Double descent, May Circuits updates, July updates)"),
+          deck_text="(Small posts fill a 1 year gap ~ Double descent, May Circuits updates, July updates)",
+          date_by=_COURSE),
     Event("may-update", (2023, 5), "Circuits updates, May 2023",
           "May update: Anthropic \u201cconstructs\u201d toy model. OV-incoherence is bad terminology", _DECK,
           "transformer-circuits", chapters=("05",), slides=(7, 60, 61)),
@@ -193,16 +231,19 @@ TIMELINE: list[Event] = sorted([
           "A sparse autoencoder on a one-layer transformer's 512-neuron MLP turns it into thousands of features, "
           "most of them interpretable.", _COURSE, "transformer-circuits", chapters=("04",), slides=(7, 9, 39, 73),
           deck_text="October 2023 - Towards Monosemanticity"),
+    # Slides 74-76 write "they made real progress"; slides 77-78, quoted here, "they made progress".
     Event("january-update", (2024, 1), "Circuits updates, January 2024",
           "Anthropic update: they made progress. Extremely preliminary results", _DECK, "transformer-circuits",
-          chapters=("05",), slides=(7, 74)),
+          chapters=("05",), slides=(7, 74, 75, 76, 77, 78)),
     # Slides 55-78: the attention-superposition timeline (the deck's words; "Me" is the talk's author).
     Event("olah-attn-superposition", (2023, 2), "Attention heads may exhibit superposition",
           "Chris Olah speculates that attention heads can exhibit superposition", _DECK, "attention-superposition",
           chapters=("05",), slides=(55,)),
+    # First on slide 62 ("successfully construct the first actual (OV-incoherent) toy model ..."); the shorter
+    # wording quoted here is slide 63's.
     Event("ov-incoherent-model", (2023, 7), "An OV-incoherent toy model",
           "Me, Narmeen, and faul_sname construct an \u201cOV-incoherent\u201d toy model for an alignment jam", _DECK,
-          "attention-superposition", chapters=("05",), slides=(63,)),
+          "attention-superposition", chapters=("05",), slides=(62, 63)),
     Event("ov-coherent-model", (2023, 8), "An OV-coherent toy model",
           "Lauren Greenspan & Keith Wynroe construct an \u201cOV-coherent\u201d toy model", _DECK,
           "attention-superposition", chapters=("05",), slides=(63,)),
@@ -213,90 +254,99 @@ TIMELINE: list[Event] = sorted([
           "Constructions that compute many boolean functions of sparse features (e.g. every pairwise AND) in "
           "superposition in a single layer.", _COURSE, "attention-superposition", chapters=("05",), slides=(77, 78),
           deck_text="[Jan 2024] Toward A Mathematical Framework for Computation in Superposition"),
-    # Slide 9: the papers on the ternary plot that are not above.
+    # Slide 9: the papers on the ternary plot that are not above. The deck dates none of them.
     Event("slt", (2009, 1), "Singular Learning Theory",
           "Watanabe's Bayesian theory of singular models such as neural networks; developmental interpretability "
-          "uses it to locate phase transitions in training.", _COURSE, "maps", slides=(9,), precision="year"),
+          "uses it to locate phase transitions in training.", _COURSE, "maps", slides=(9,), precision="year",
+          date_by=_COURSE),
     Event("ioi", (2022, 11), "Interpretability in the Wild: a Circuit for Indirect Object Identification in GPT-2 small",
           "26 attention heads in 7 classes explain how GPT-2 small completes 'When Mary and John went to the "
-          "store, John gave a drink to' with 'Mary'.", _COURSE, "maps", chapters=("01", "03"), slides=(9, 22, 34, 81)),
+          "store, John gave a drink to' with 'Mary'.", _COURSE, "maps", chapters=("01", "03", "06"),
+          slides=(9, 22, 34, 81), deck_text="[Nov 2022, Wang] Interpretability in the Wild: IOI"),
     Event("influence-functions", (2023, 8), "Studying Large Language Model Generalization with Influence Functions",
           "Scales influence functions to language models of up to 52 billion parameters, tracing outputs to the "
-          "training examples that most influenced them.", _COURSE, "maps", slides=(9, 15)),
+          "training examples that most influenced them.", _COURSE, "maps", chapters=("00",), slides=(9, 15),
+          date_by=_COURSE),
     Event("delays-detours", (2023, 8), "Delays, Detours, and Forks in the Road: Latent State Models of Training Dynamics",
           "Fits hidden Markov models to metrics recorded over many training runs, finding the phases of training "
-          "and the detours that slow convergence.", _COURSE, "maps", slides=(9,)),
+          "and the detours that slow convergence.", _COURSE, "maps", slides=(9,), date_by=_COURSE),
     Event("sudden-drops", (2023, 9), "Sudden Drops in the Loss: Syntax Acquisition, Phase Transitions, and Simplicity Bias in MLMs",
           "In masked language models, a sudden drop in the loss coincides with the abrupt emergence of attention "
-          "heads that track syntax.", _COURSE, "maps", slides=(9,)),
+          "heads that track syntax.", _COURSE, "maps", slides=(9,), date_by=_COURSE),
     Event("representation-engineering", (2023, 10), "Representation Engineering",
           "Reads and steers high-level concepts such as honesty from population-level representations of language "
-          "models: a top-down approach.", _COURSE, "maps", slides=(9,)),
+          "models: a top-down approach.", _COURSE, "maps", slides=(9,), date_by=_COURSE),
     # The deck's areas (slides 19-44) and its successes (slides 80-81), with the papers the later chapters study.
     Event("curve-circuits", (2021, 1), "Curve Circuits",
           "Curve-detecting neurons of InceptionV1, resting on more than 50,000 parameters, described in a few "
-          "sentences and rebuilt with hand-written weights.", _COURSE, "papers", chapters=("00",), slides=(80, 81),
+          "sentences and rebuilt with hand-written weights.", _COURSE, "papers", chapters=("06",), slides=(80, 81),
           deck_text="[Jan 2021, Olah] Ability to (blindly) hand write the model weights"),
     Event("grokking", (2022, 1), "Grokking: Generalization Beyond Overfitting on Small Algorithmic Datasets",
           "Small transformers trained on modular arithmetic generalise long after they have memorised their "
-          "training set.", _COURSE, "papers", chapters=("02",)),
+          "training set.", _COURSE, "papers", chapters=("02",), date_by=_COURSE),
     Event("towards-understanding-grokking", (2022, 5), "Towards Understanding Grokking",
           "An effective theory of representation learning, with a phase diagram of comprehension, grokking, "
-          "memorisation and confusion.", _COURSE, "papers", chapters=("02",), slides=(30,)),
+          "memorisation and confusion.", _COURSE, "papers", chapters=("02",), slides=(30,),
+          deck_text="[May 2022] Towards Understanding Grokking"),
     Event("progress-measures", (2022, 8), "Progress Measures for Grokking via Mechanistic Interpretability",
           "A one-layer transformer adds modulo 113 with Fourier features and trigonometric identities; progress "
           "measures split training into memorisation, circuit formation and clean-up.", _COURSE, "papers",
-          chapters=("02",), slides=(30,)),
+          chapters=("02",), slides=(30,),
+          deck_text="[Aug 2022] Progress Measure for Grokking via Mechanistic Interpretability"),
     Event("sparse-autoencoders-2022", (2022, 12), "Taking Features out of Superposition with Sparse Autoencoders",
           "An L1-penalised autoencoder recovers known ground-truth features from synthetic data in superposition.",
-          _COURSE, "papers", chapters=("04",)),
+          _COURSE, "papers", chapters=("04",), date_by=_COURSE),
     Event("docstring", (2023, 2), "A circuit for Python docstrings in a 4-layer attention-only transformer",
           "A few attention heads of a small model predict the next argument name in a Python docstring.", _COURSE,
-          "papers", chapters=("01",), slides=(22,)),
+          "papers", chapters=("01",), slides=(22,), date_by=_COURSE),
     Event("sparse-from-noise", (2023, 4), "Emergence of Sparse Representations from Noise",
           "Adding noise to a network's inputs during training is enough to make its hidden representations sparse.",
-          _COURSE, "papers", chapters=("04",), slides=(39,)),
+          _COURSE, "papers", chapters=("04",), slides=(39,),
+          deck_text="[April 2023] Emergence of Sparse Representations from Noise"),
     Event("greater-than", (2023, 5), "How does GPT-2 compute greater-than?",
           "Attention heads move a start year to the last position and late MLPs raise the logits of the years "
-          "after it.", _COURSE, "papers", chapters=("01",), slides=(22,)),
+          "after it.", _COURSE, "papers", chapters=("01",), slides=(22,), date_by=_COURSE),
     Event("hierarchical-grokking", (2023, 5), "Grokking of Hierarchical Structure in Vanilla Transformers",
           "Transformers trained far past the point where in-domain accuracy saturates come to generalise "
-          "hierarchically ('structural grokking').", _COURSE, "papers", chapters=("02",), slides=(30,)),
+          "hierarchically ('structural grokking').", _COURSE, "papers", chapters=("02",), slides=(30,),
+          deck_text="[May 2023] Grokking of Hierarchical Structure in Vanilla Transformers"),
     Event("600-features", (2023, 7), "(tentatively) Found 600+ Monosemantic Features in a Small LM Using Sparse Autoencoders",
           "Sparse autoencoders on a small language model's activations find hundreds of features that look "
-          "monosemantic.", _COURSE, "papers", chapters=("04",), slides=(39,)),
+          "monosemantic.", _COURSE, "papers", chapters=("04",), slides=(39,),
+          deck_text="[July 2023] (tentatively) Found 600+ Monosemantic Features in a Small LM Using Sparse "
+                    "Autoencoders"),
     Event("hydra-effect", (2023, 7), "The Hydra Effect: Emergent Self-repair in Language Model Computations",
           "Ablating one attention layer of a language model makes later layers compensate; late MLPs erase the "
-          "top prediction.", _COURSE, "papers", chapters=("03",), slides=(24, 36)),
+          "top prediction.", _COURSE, "papers", chapters=("03",), slides=(24, 36), date_by=_COURSE),
     Event("sae-interpretable-features", (2023, 9), "Sparse Autoencoders Find Highly Interpretable Features in Language Models",
           "Dictionary features learned by sparse autoencoders on a language model's residual stream are more "
           "interpretable than neurons and pinpoint the features behind a behaviour.", _COURSE, "papers",
-          chapters=("04",)),
+          chapters=("04",), date_by=_COURSE),
     Event("whisper", (2023, 9), "Interpreting OpenAI's Whisper",
           "Interpretability tools, sparse autoencoders among them, applied to a speech-recognition model.", _COURSE,
-          "papers", chapters=("04",), slides=(40,)),
+          "papers", chapters=("04",), slides=(40,), deck_text="[Sept 2023] Interpreting OpenAI's Whisper"),
     Event("copy-suppression", (2023, 10), "Copy Suppression: Comprehensively Understanding an Attention Head",
           "GPT-2 small's head 10.7 lowers the logits of tokens that appear in context and that earlier layers "
           "predict, which explains part of its self-repair.", _COURSE, "papers", chapters=("03",), slides=(36,),
-          deck_text="[] Comprehensively understanding an attention head"),
+          deck_text="[] Comprehensively understanding an attention head", date_by=_COURSE),
     Event("margin-maximization", (2023, 11), "Feature Emergence via Margin Maximization",
           "Proves that margin maximisation alone forces the Fourier features that networks learn for modular "
-          "addition.", _COURSE, "papers", chapters=("02",), slides=(30, 80),
+          "addition.", _COURSE, "papers", chapters=("02", "06"), slides=(30, 80),
           deck_text="[Nov 2023, Morwani] Proof of a learned circuit being optimal (learning-wise)"),
     Event("reddy", (2023, 12), "The Mechanistic Basis of Data Dependence and Abrupt Learning in an In-context Classification Task",
           "A two-parameter model explains the abrupt emergence of an induction head in a two-layer attention-only "
-          "network.", _COURSE, "papers", chapters=("01",), slides=(80, 81),
+          "network.", _COURSE, "papers", chapters=("06",), slides=(80, 81),
           deck_text="[Dec 2023, Reddy] Provide an analytic form"),
     Event("orion", (2023, 12), "Look Before You Leap: A Universal Emergent Decomposition of Retrieval Tasks in Language Models (ORION)",
           "Across many retrieval tasks and language models, the request is processed first and the answer "
-          "retrieved later, in separate, consistent stages.", _COURSE, "papers", chapters=("01",), slides=(19, 22, 81),
-          deck_text="[Dec 2023, Variengien] ORION task constellations"),
+          "retrieved later, in separate, consistent stages.", _COURSE, "papers", chapters=("01", "06"),
+          slides=(19, 22, 81), deck_text="[Dec 2023, Variengien] ORION task constellations"),
     Event("self-repair", (2024, 2), "Explorations of Self-Repair in Language Models",
           "Self-repair is imperfect and noisy; the final LayerNorm's scale and sparse anti-erasure neurons account "
-          "for part of it.", _COURSE, "papers", chapters=("03",)),
+          "for part of it.", _COURSE, "papers", chapters=("03",), date_by=_COURSE),
     Event("mips", (2024, 2), "Opening the AI Black Box: Program Synthesis via Mechanistic Interpretability",
           "Recurrent networks trained on algorithmic tasks are distilled automatically into Python programs; 32 "
-          "of 62 tasks solved.", _COURSE, "papers", chapters=("02",), slides=(80,),
+          "of 62 tasks solved.", _COURSE, "papers", chapters=("06",), slides=(80,),
           deck_text="[Feb 2024, Tegmark] Synthesizing the program of the learned model"),
 ], key=lambda event: event.sort_key)
 
@@ -350,20 +400,21 @@ MICRO_MACRO: list[str] = [
 #: Slides 14 and 15 label two regions of the plot (the text does not say which).
 TERNARY_REGIONS: dict[int, str] = {14: "\u201cGrokking literature\u201d", 15: "E.g. influence functions"}
 
-#: Slide 16, "The main schools of thought" (the deck's words).
-SCHOOLS: list[tuple[str, str]] = [
-    ("ELK", "\u201cZero-shot transferability of probes between positions\u201d"),
-    ("Circuit analysis", "see its topics below"),
-    ("Grokking", "hybrid between dev-interp and comprehensive understanding"),
-    ("Use bigger and bigger models", ""),
-    ("Inductive biases", ""),
-]
-
 #: Slide 16, the topics listed under "Circuit analysis".
 CIRCUIT_ANALYSIS_TOPICS: list[str] = [
     "Head specialization", "suppression", "world modeling", "reasoning", "behavioral", "safety-relevant",
     "attention superposition", "circuits across tokens", "factual recall", "in-context learning", "macro structure",
     "modular circuits", "dev-interp", "trojan discovery",
+]
+
+#: Slide 16, "The main schools of thought": ``(school, what the slide says about it)``, both the deck's words ("" where
+#: the slide says nothing more; for circuit analysis, the topics it lists under it).
+SCHOOLS: list[tuple[str, str]] = [
+    ("ELK", "\u201cZero-shot transferability of probes between positions\u201d"),
+    ("Circuit analysis", ", ".join(CIRCUIT_ANALYSIS_TOPICS)),
+    ("Grokking", "hybrid between dev-interp and comprehensive understanding"),
+    ("Use bigger and bigger models", ""),
+    ("Inductive biases", ""),
 ]
 
 #: Slide 17, "Things we want to understand": item -> number of check marks (0 for "__"), in the deck's order.
@@ -393,9 +444,10 @@ AREAS: dict[str, dict] = {
     "attention-superposition": {"title": "Attention superposition", "slides": (48, 78), "chapter": "05"},
 }
 
-#: The deck's "main work in this area" lists, as an area for each paper (slides 22, 30, 36, 39-40, 63). Papers the
-#: deck lists under two areas (IOI: circuits and backup; Towards Monosemanticity: SAEs and attention superposition;
-#: computation in superposition: attention superposition and, by name, feature composition) are left out.
+#: The deck's "main work in this area" lists, as an area for each paper (slides 22, 30, 36, 39-40, 63), each in the
+#: deck's words. Papers the deck lists under two areas (IOI: circuits and backup; Towards Monosemanticity: SAEs and
+#: attention superposition; computation in superposition: attention superposition and, by name, feature composition)
+#: are left out.
 AREA_OF_PAPER: dict[str, str] = {
     "Towards Understanding Grokking": "grokking",
     "Progress Measure for Grokking via Mechanistic Interpretability": "grokking",
@@ -409,31 +461,40 @@ AREA_OF_PAPER: dict[str, str] = {
     "\u201cgreater than\u201d": "circuits",
     "docstring": "circuits",
     "ORION (question answering, type hint understanding, factual recall, variable binding, translation, induction)": "circuits",
-    "Lauren Greenspan & Keith Wynroe's \u201cOV-coherent\u201d toy model": "attention-superposition",
+    "Lauren Greenspan & Keith Wynroe construct an \u201cOV-coherent\u201d toy model": "attention-superposition",
 }
 
 # --------------------------------------------------------------------------------------------------------------
 # What counts as mechanistic understanding (slides 80-84), each paired with the chapter that practises it
 # --------------------------------------------------------------------------------------------------------------
 
-#: Slide 82, "What does 'mechanistic' mean?", in the deck's order (its last bullet is an unfinished "d").
-#: ``practised_in`` is the course's pairing, not the deck's.
+#: Slide 82, "What does 'mechanistic' mean?", in the deck's order (its last bullet is an unfinished "d"). ``rung`` and
+#: ``detail`` (the sub-bullet, "" where there is none) are the deck's words; ``practised_in`` and ``how`` are the
+#: course's pairing, not the deck's.
 LADDER: list[dict] = [
-    {"rung": "Find correlations", "practised_in": ("00", "01"),
-     "how": "top-activating dataset examples (this chapter); attention-pattern head scores (Circuits)"},
-    {"rung": "Find causations and dependencies", "practised_in": ("01", "03"),
+    {"rung": "Find correlations", "detail": "", "practised_in": ("00", "01"),
+     "how": "top-activating dataset examples and last-layer gradient similarity to training images (this chapter); "
+            "attention-pattern head scores (Circuits)"},
+    {"rung": "Find causations and dependencies", "detail": "", "practised_in": ("01", "03"),
      "how": "zero, mean and resample ablation and activation patching (Circuits); self-repair under ablation "
             "(Backup behaviour)"},
-    {"rung": "Causal understanding", "practised_in": ("01",),
+    {"rung": "Causal understanding", "detail": "", "practised_in": ("01",),
      "how": "path patching: which edge carries the information, and how (Circuits)"},
-    {"rung": "Sufficient conditions: finding a circuit", "practised_in": ("01",),
+    {"rung": "Sufficient conditions", "detail": "Finding a circuit", "practised_in": ("01",),
      "how": "keep only the circuit's heads and measure how much behaviour survives (Circuits)"},
-    {"rung": "Necessary conditions: could it have been anything else?", "practised_in": ("02",),
-     "how": "margin maximisation forces the Fourier features of modular addition (Grokking)"},
+    {"rung": "Necessary conditions", "detail": "Could it have been anything else?", "practised_in": ("02",),
+     "how": "which ingredients grokking needs: change one thing (no weight decay, another data fraction, another "
+            "operation) and let the grader re-run it (Grokking, last section)"},
 ]
 
-#: Slides 83 ("north stars") and 80 ("examples of the strongest successes"). ``success`` is slide 80's example where
-#: it gives one; ``practised_in`` is the course's pairing.
+
+def ladder_label(rung: Mapping) -> str:
+    """``"Sufficient conditions: Finding a circuit"``: a rung with its sub-bullet, as the slide nests them."""
+    return f"{rung['rung']}: {rung['detail']}" if rung["detail"] else rung["rung"]
+
+
+#: Slides 83 ("north stars") and 80 ("examples of the strongest successes"). ``star`` and ``success`` (slide 80's
+#: example, where it gives one) are the deck's words; ``practised_in`` and ``how`` are the course's pairing.
 NORTH_STARS: list[dict] = [
     {"star": "Synthesize the program of a deep neural network", "slide": 83,
      "success": "[Feb 2024, Tegmark] Synthesizing the program of the learned model", "practised_in": ("02",),
@@ -450,12 +511,14 @@ NORTH_STARS: list[dict] = [
      "how": "when induction heads form (Circuits, from the model card's training log); progress measures through "
             "memorisation, circuit formation and clean-up (Grokking)"},
     {"star": "Trace model outputs to the specific training data examples", "slide": 83, "success": None,
-     "practised_in": (),
-     "how": "no chapter practises it yet (influence functions are a gap in this course); the nearest, "
-            "correlational cousin is this chapter's top-activating dataset examples"},
+     "practised_in": ("00",),
+     "how": "the training digits whose last-layer loss gradient most supports or opposes a test digit's, at the "
+            "final checkpoint (TracIn-style gradient similarity; this chapter, section 4)"},
     {"star": "Provide a mathematical proof of a learned circuit/subnetwork being optimal", "slide": 83,
      "success": "[Nov 2023, Morwani] Proof of a learned circuit being optimal (learning-wise)",
-     "practised_in": ("02",), "how": "margin maximisation predicts the Fourier features (Grokking)"},
+     "practised_in": ("02",),
+     "how": "read, not proved: Morwani et al. in Grokking's reading list, beside the chapter's plot of the training "
+            "margin over the trajectory (the quantity their argument is about)"},
 ]
 
 #: Slide 81, "Best mech interp papers spotlight".
@@ -513,7 +576,7 @@ AREA_QUIZ: dict[str, str] = dict(zip("ABCDEFGHIJKLM", [
     "(tentatively) Found 600+ Monosemantic Features in a Small LM Using Sparse Autoencoders",
     "docstring",
     "Grokking of Hierarchical Structure in Vanilla Transformers",
-    "Lauren Greenspan & Keith Wynroe's \u201cOV-coherent\u201d toy model",
+    "Lauren Greenspan & Keith Wynroe construct an \u201cOV-coherent\u201d toy model",
     "Emergence of Sparse Representations from Noise",
     "\u201cgreater than\u201d",
     "Feature emergence via margin maximization",
@@ -572,8 +635,8 @@ def _wrap(text: str, width: int = 80) -> str:
 
 def timeline_figure(events: Sequence[Event] | None = None, title: str = "Mechanistic interpretability: a timeline"):
     """An interactive plotly timeline: one row per track, one marker per event (spans drawn as bars); hover for the
-    date, the one-line summary (marked as the deck's or the course's) and the chapters that study it. Click a legend
-    entry to hide a track."""
+    date (marked where it is the course's, not the deck's), the one-line summary (marked as the deck's or the
+    course's) and the chapters that study it. Click a legend entry to hide a track."""
     import plotly.graph_objects as go
 
     events = TIMELINE if events is None else list(events)
@@ -586,11 +649,12 @@ def timeline_figure(events: Sequence[Event] | None = None, title: str = "Mechani
             continue
         xs, ys, hover, texts = [], [], [], []
         for i, event in enumerate(chosen):
-            chapters = ", ".join(f"{c} {CHAPTERS[c]}" for c in event.chapters) or "none"
+            chapters = chapters_label(event.chapters)
             source = "the deck" if event.summary_by == _DECK else "the course's summary"
             slides = ", ".join(map(str, event.slides)) or "not in the deck"
             extra = f"<br><i>deck:</i> {_wrap(event.deck_text)}" if event.deck_text else ""
-            hover.append(f"<b>{_wrap(event.title, 70)}</b><br>{event.date_label}<br>{_wrap(event.summary)}"
+            date = f"{event.date_label} ({event.date_note})" if event.date_note else event.date_label
+            hover.append(f"<b>{_wrap(event.title, 70)}</b><br>{date}<br>{_wrap(event.summary)}"
                          f"<br><i>({source})</i>{extra}<br>slides: {slides} \u00b7 chapters: {chapters}")
             xs.append(f"{event.start[0]}-{event.start[1]:02d}-15")
             # spread events of a row over three lanes so that markers in the same month stay apart
@@ -830,6 +894,39 @@ def top_activating_examples(activation_fn: Callable[[Tensor], Tensor], images: T
         activations = activation_fn(images)
     order = torch.sort(activations, descending=True, stable=True).indices[:k]
     return activations[order], order
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training-data attribution: last-layer gradient similarity at the final checkpoint (TracIn-style)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def last_layer_gradients(model: DigitsCNN, x: Tensor, y: Tensor) -> Tensor:
+    """``x [batch, 1, H, W]``, ``y [batch]`` -> ``[batch, n_classes * hidden + n_classes]``: for each example, the
+    gradient of its own cross-entropy loss with respect to the final layer's parameters, ``model.out.weight``
+    (``[n_classes, hidden]``, flattened row by row) followed by ``model.out.bias`` (``[n_classes]``).
+
+    Why a closed form and not autograd: with ``logits = W h + b`` (``h`` the ``"fc"`` activations), the gradient of
+    ``cross_entropy(logits, y)`` is ``dL/dW = (softmax(logits) - onehot(y)) h^T`` and ``dL/db = softmax(logits) -
+    onehot(y)``, so one forward pass gives every example's gradient, with no backward pass per example. The model is
+    left untouched."""
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(x)
+        error = logits.softmax(-1) - F.one_hot(y, logits.shape[-1]).to(logits.dtype)  # [batch, n_classes]
+        weight = einops.einsum(error, cache["fc"], "batch cls, batch hidden -> batch cls hidden")
+        return torch.cat([einops.rearrange(weight, "batch cls hidden -> batch (cls hidden)"), error], dim=-1)
+
+
+def tracin_scores(model: DigitsCNN, test_x: Tensor, test_y: Tensor, train_x: Tensor, train_y: Tensor) -> Tensor:
+    """``[n_test, n_train]``: ``score[i, j] = grad L(test i) . grad L(train j)``, both gradients of one example's
+    cross-entropy loss (with its own label) with respect to the final layer's weight and bias, at the model's current
+    parameters.
+
+    Why this number: one gradient step of size ``lr`` on training example ``j`` changes test example ``i``'s loss by
+    about ``-lr * score[i, j]`` (first order), so a positive score means training on ``j`` pushes the model towards
+    ``i``'s label (``j`` *supports* it) and a negative one away from it (``j`` *opposes* it). TracIn sums this over
+    checkpoints saved during training; this is its one-checkpoint, last-layer version."""
+    return last_layer_gradients(model, test_x, test_y) @ last_layer_gradients(model, train_x, train_y).T
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import torch
 
 from mechinterp_course import history, research
 
-DECK = Path("/work/shared/deck/mechinterp-deck.txt")
+#: Tests run from a clean clone with the shared folder beside the repository (as CI lays it out).
+DECK = Path(__file__).resolve().parents[2] / "shared" / "deck" / "mechinterp-deck.txt"
 GOOD = {"low_hanging_fruit": 3, "excitement": 7, "difficulty": 5}
 
 
