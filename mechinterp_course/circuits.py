@@ -8,6 +8,7 @@ tools later chapters reuse. Shapes follow TransformerLens: ``pattern [batch, n_h
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Callable
 
 import einops
@@ -55,17 +56,25 @@ def diagonal_score(pattern: Tensor, offset: int) -> Tensor:
 
 
 def previous_token_scores(pattern: Tensor) -> Tensor:
-    """How much each head attends to the previous token."""
+    """``[n_heads]``: mean attention from every query position ``q >= 1`` to ``q - 1`` (position 1 looks at BOS)."""
     return diagonal_score(pattern, 1)
 
 
 def duplicate_token_scores(pattern: Tensor, half_len: int) -> Tensor:
-    """On ``BOS + x + x`` (``tasks.repeated_tokens``): attention from each second-copy token to its first copy."""
+    """``[n_heads]`` on ``BOS + x + x`` (``tasks.repeated_tokens``, ``x`` of length ``half_len``, so the copies sit at
+    positions ``1 .. half_len`` and ``half_len + 1 .. 2 half_len``): mean attention from ``q`` to ``q - half_len`` over
+    the ``half_len + 1`` queries where that key exists. These are the ``half_len`` second-copy tokens looking at their
+    first copy, plus one first-copy query: the last first-copy token (``q = half_len``) looking at BOS."""
     return diagonal_score(pattern, half_len)
 
 
 def induction_scores(pattern: Tensor, half_len: int) -> Tensor:
-    """On ``BOS + x + x``: attention from each second-copy token to the token *after* its first copy."""
+    """``[n_heads]`` on ``BOS + x + x``: mean attention from ``q`` to ``q - half_len + 1`` over the ``half_len + 2``
+    queries where that key exists. These are the ``half_len`` second-copy tokens looking at the token *after* their
+    first copy (the last one, ``q = 2 half_len``, looks at the first token of the second copy, which follows the
+    first copy's last token), plus two first-copy queries: ``q = half_len - 1`` looking at BOS and ``q = half_len``
+    looking at position 1. This is the common convention: mean attention on the diagonal at offset
+    ``-(half_len - 1)``, over every query where it exists."""
     return diagonal_score(pattern, half_len - 1)
 
 
@@ -228,24 +237,31 @@ def attribution_patch_heads(model, clean: Tensor, corrupted: Tensor, metric: Met
     ``metric(corrupted) + sum over pos, d_head of grad_z metric(corrupted) * (z_clean - z_corrupted)``.
 
     Two forward passes and one backward pass for every head at once, instead of one forward pass per head.
+
+    The gradient must be the *total* derivative, through every later layer: each hook adds a zero "probe" that
+    requires grad (``z + probe``) and differentiates with respect to the probes. Replacing ``z`` by
+    ``z.detach().requires_grad_(True)`` instead would cut the graph at every hooked layer, so an early head would
+    only get its direct path to the logits (for layer 0 of the induction model: almost nothing).
     """
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n in names)
-    saved: dict[str, Tensor] = {}
+    probes: dict[str, Tensor] = {}
+    corrupted_z: dict[str, Tensor] = {}
 
-    def save(z, hook, name):
+    def add_probe(z, hook, name):
         # `hook.name` can be the bridge's internal name, so each hook is told which name it stands for.
-        z = z.detach().requires_grad_(True)
-        saved[name] = z
-        return z
+        corrupted_z[name] = z.detach()
+        probes[name] = torch.zeros_like(z, requires_grad=True)
+        return z + probes[name]
 
     with torch.enable_grad():
-        value = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, functools.partial(save, name=name)) for name in names]))
-        grads = torch.autograd.grad(value, [saved[name] for name in names])
+        hooks = [(name, functools.partial(add_probe, name=name)) for name in names]
+        value = metric(model.run_with_hooks(corrupted, fwd_hooks=hooks))
+        grads = torch.autograd.grad(value, [probes[name] for name in names])
     estimates = []
     for name, grad in zip(names, grads):
-        delta = clean_cache[name] - saved[name].detach()  # [batch, pos, n_heads, d_head]
+        delta = clean_cache[name] - corrupted_z[name]  # [batch, pos, n_heads, d_head]
         estimates.append(value.detach() + einops.einsum(grad, delta, "b p h d, b p h d -> h"))
     return torch.stack(estimates)
 
@@ -310,13 +326,36 @@ def induction_reference_tokens(d_vocab: int, batch: int = 128, seed: int = 7) ->
     return tasks.periodic_tokens(batch, 64, d_vocab, 6, 32, seed=seed)
 
 
+#: The standard probe of the counterexample hunt: BOS + PROBE_HALF_LEN random tokens + the same tokens again.
+PROBE_HALF_LEN = 30
+#: The induction model's vocabulary (token 0 is BOS).
+PROBE_D_VOCAB = 128
+
+
+def probe_batch(batch: int, seed: int) -> Tensor:
+    """``[batch, 1 + 2 PROBE_HALF_LEN]``: the standard induction probe, in the shape of the counterexample hunt's
+    ``make_batch(batch, seed)`` (the baseline a counterexample is compared with, not a counterexample)."""
+    return tasks.repeated_tokens(batch, PROBE_HALF_LEN, PROBE_D_VOCAB, seed=seed)
+
+
+def probe_predictions(tokens: Tensor) -> Tensor:
+    """``[batch, pos - 1]`` bool, in the shape of the hunt's ``which_predictions(tokens)``: on ``BOS + x + x`` the
+    predictions copying can make, i.e. from the second copy's first token on (position ``half_len + 1``, which
+    predicts ``x_2``). Computed from the tokens' shape alone, as the hunt requires."""
+    n_predictions = tokens.shape[1] - 1
+    half_len = n_predictions // 2
+    return (torch.arange(n_predictions) > half_len).expand(tokens.shape[0], n_predictions).clone()
+
+
 def circuit_faithfulness(model, tokens: Tensor, mask: Tensor, circuit: list[tuple[int, int]],
                          reference_tokens: Tensor) -> dict[str, float]:
     """How much of the full model's performance the circuit alone keeps, on the masked predictions.
 
     ``mask [batch, pos - 1]`` marks the predictions (of ``tokens[:, i + 1]`` from position ``i``) that count.
     Performance is the mean loss there; the circuit run mean-ablates every head outside ``circuit``, the baseline
-    mean-ablates every head. ``faithfulness = (loss_baseline - loss_circuit) / (loss_baseline - loss_full)``.
+    mean-ablates every head. ``faithfulness = (loss_baseline - loss_circuit) / (loss_baseline - loss_full)``: 1 when
+    the circuit alone does as well as the full model, 0 when it does no better than no heads at all. The ratio is
+    only meaningful when ``loss_baseline - loss_full`` (returned as ``baseline_gap``) is well above zero.
     """
     all_heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     outside = [lh for lh in all_heads if lh not in set(circuit)]
@@ -337,5 +376,84 @@ def circuit_faithfulness(model, tokens: Tensor, mask: Tensor, circuit: list[tupl
         "circuit_loss": circuit_loss,
         "baseline_loss": baseline,
         "full_accuracy": accuracy,
+        "baseline_gap": baseline - full,
         "faithfulness": (baseline - circuit_loss) / (baseline - full),
     }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Section 8: what circuit studies found (data for the chapter's table and its quiz)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CircuitStudy:
+    """A study or theme from the deck's circuit-analysis slides and what the course's sources say it found.
+
+    Every ``finding`` comes from the deck (``shared/deck/mechinterp-deck.txt``) or ``published-results.md``;
+    ``secondary`` marks what that file takes from reimplementations or summaries rather than the paper itself.
+    """
+
+    name: str
+    finding: str
+    source: str
+    secondary: bool = False
+
+
+#: The quiz of section 8, one finding per study or theme (the answer key is derived from this order).
+CIRCUIT_STUDIES: tuple[CircuitStudy, ...] = (
+    CircuitStudy(
+        "indirect object identification (IOI; Wang et al. 2022)",
+        "in GPT-2 small, a circuit of heads with 87% faithfulness; the model's mean logit difference is 3.56 and it "
+        "prefers the indirect object to the subject 99.3% of the time",
+        "deck slides 19, 22 and 81; published-results.md"),
+    CircuitStudy(
+        "head specialisation",
+        "heads that each do one nameable job: name movers, negative name movers and S-inhibition heads in IOI; "
+        "previous-token and induction heads in this chapter",
+        "deck slide 24 (a key discovery); published-results.md for the IOI classes"),
+    CircuitStudy(
+        "backup behaviour",
+        "knocking out all of IOI's name-mover heads costs only about 5% of the logit difference: other heads take "
+        "over",
+        "deck slides 24 and 35 (discovered in the IOI paper); published-results.md"),
+    CircuitStudy(
+        "hydra effect (McGrath et al. 2023)",
+        "ablating one attention layer makes another layer compensate, even in a model trained without dropout",
+        "deck slides 24 and 36; published-results.md"),
+    CircuitStudy(
+        "ORION (Variengien, Dec 2023)",
+        "a constellation of tasks studied together: question answering, type-hint understanding, factual recall, "
+        "variable binding, translation and induction",
+        "deck slides 19, 22 and 81 (the deck lists the tasks; the course's sources give no further result)"),
+    CircuitStudy(
+        "induction heads (Olsson et al. 2022)",
+        "heads that attend to the token after an earlier copy of the current token (prefix matching) and raise "
+        "that token's logit (copying)",
+        "published-results.md"),
+    CircuitStudy(
+        "the smallest known induction setup",
+        "a 2-layer attention-only model of 52k parameters learns repeated tokens on a CPU in 1,800 steps (loss from "
+        "4.85 to about 0.09); a 1-layer attention-only model cannot",
+        "published-results.md (secondary)", secondary=True),
+)
+
+#: Circuit analyses the deck lists on "big models" (slides 22-27) for which the course's sources record no result.
+LISTED_WITHOUT_RESULT = ("pronoun selection", "greater than", "docstring", "time", "arithmetic",
+                         "multiple choice QA")
+
+
+def circuit_studies_quiz() -> tuple[list[str], dict[str, str]]:
+    """``(studies, options)``: the quiz's studies in the chapter's order, and its findings lettered ``A, B, ...``
+    in alphabetical order of their text (so the letters do not follow the studies' order)."""
+    studies = [study.name for study in CIRCUIT_STUDIES]
+    findings = sorted(study.finding for study in CIRCUIT_STUDIES)
+    options = {chr(ord("A") + i): finding for i, finding in enumerate(findings)}
+    return studies, options
+
+
+def circuit_studies_key() -> dict[str, str]:
+    """study -> the letter of its finding in :func:`circuit_studies_quiz`."""
+    _, options = circuit_studies_quiz()
+    letter_of = {finding: letter for letter, finding in options.items()}
+    return {study.name: letter_of[study.finding] for study in CIRCUIT_STUDIES}

@@ -7,17 +7,30 @@ failed) with a message that says what is wrong -- shape, dtype, which values are
 printing the expected answer.
 
 Why these inputs: a hard-coded output fails because shapes and values change from one input to the next; a function
-that ignores its input fails because the reference's output changes with it; the reference itself is refused, so
-that importing it from the library is not an answer. Inputs come from seeds fixed per check (not the seeds the
-notebook shows), so grading a notebook twice gives the same result.
+that ignores its input fails because the reference's output changes with it. Inputs come from seeds fixed per check
+(not the seeds the notebook shows), so grading a notebook twice gives the same result.
+
+Calling the library is not an answer (:func:`_require_own_function`). A check refuses at once any function defined in
+the course library (the reference itself, or a ``functools.partial`` of a library function). It also refuses, when it
+would otherwise pass, a function whose code calls the reference by its name (``circuits.ablate_head(...)``,
+``from mechinterp_course.circuits import ablate_head``, ``getattr(circuits, "ablate_head")``), directly or through
+the student's own helper functions, or through a global or default argument bound to the reference under another
+name; a wrong one is told what is wrong with its output, like any answer. Other library helpers stay allowed
+(exercises use e.g. ``grokking.fourier_basis``). This stops the one-line wrapper, not a determined attempt to disguise
+the call (a name built at run time, a reference or a wrapper captured in a closure, which is how the tests wrap the
+reference to stand for a student's answer): an instructor reading the notebook sees those.
 """
 
 from __future__ import annotations
 
+import builtins
+import dis
 import functools
 import hashlib
-import inspect
 import math
+import sys
+import sysconfig
+import types
 from typing import Any, Callable, Sequence
 
 import torch
@@ -51,16 +64,135 @@ def _fail(exercise: str, message: str) -> None:
     raise CheckFailed(f"{exercise}: {message}")
 
 
+#: exercise -> why the function being checked is refused, raised by :func:`_passed` (see :func:`_require_own_function`).
+_PENDING_REFUSALS: dict[str, str] = {}
+
+
 def _passed(exercise: str, what: str) -> None:
+    """Print the success line, unless the function turned out to be a wrapper around the reference."""
+    refusal = _PENDING_REFUSALS.pop(exercise, None)
+    if refusal is not None:
+        _fail(exercise, refusal)
     print(f"\u2705 {exercise}: correct ({what}).")
 
 
+def _is_library(module_name: str | None) -> bool:
+    return module_name == "mechinterp_course" or (module_name or "").startswith("mechinterp_course.")
+
+
+def _unwrap_partials(fn: Any) -> list[Any]:
+    """``fn`` and, for a ``functools.partial`` or a bound method, the function it stands for (recursively)."""
+    targets = [fn]
+    while True:
+        inner = getattr(fn, "func", None) if isinstance(fn, functools.partial) else getattr(fn, "__func__", None)
+        if inner is None or inner is fn:
+            return targets
+        targets.append(inner)
+        fn = inner
+
+
+def _code_objects(code: types.CodeType):
+    """``code`` and every code object nested in it (inner functions, lambdas, comprehensions)."""
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+#: Opcodes that use a name as an attribute or an imported name (``x.NAME``, ``from m import NAME``).
+_ATTRIBUTE_OPS = {"LOAD_ATTR", "LOAD_METHOD", "IMPORT_FROM", "IMPORT_NAME"}
+_GLOBAL_OPS = {"LOAD_GLOBAL", "LOAD_NAME"}
+
+
+def _calls_reference(fn: Callable, reference: Callable) -> bool:
+    """Whether ``fn`` (or a helper of the same namespace it calls by name) reaches ``reference``: by naming it (as an
+    attribute, an imported name or a string) while its globals, closure or imports reach the library module that
+    defines it (or a package above it), or through a global (or a default argument) bound to the reference itself."""
+    name = getattr(reference, "__name__", None)
+    home = getattr(reference, "__module__", None)
+    if not name or not home:
+        return False
+    home_and_parents = {".".join(home.split(".")[: i + 1]) for i in range(home.count(".") + 1)}
+
+    def reaches_home(value: Any) -> bool:
+        return value is reference or (isinstance(value, types.ModuleType) and value.__name__ in home_and_parents)
+
+    seen: set[int] = set()
+
+    def visit(func: types.FunctionType) -> bool:
+        if id(func) in seen:
+            return False
+        seen.add(id(func))
+        namespace = func.__globals__
+        instructions = [ins for code in _code_objects(func.__code__) for ins in dis.get_instructions(code)]
+        global_names = {ins.argval for ins in instructions if ins.opname in _GLOBAL_OPS}
+        closure = [cell.cell_contents for cell in func.__closure__ or () if _cell_is_set(cell)]
+        defaults = list(func.__defaults__ or ()) + list((func.__kwdefaults__ or {}).values())
+        if any(namespace.get(n) is reference for n in global_names) or any(v is reference for v in defaults):
+            return True
+        reachable = (any(reaches_home(namespace.get(n)) for n in global_names) or any(map(reaches_home, closure))
+                     or any(ins.opname == "IMPORT_NAME" and ins.argval in home_and_parents for ins in instructions))
+        named = any(ins.argval == name for ins in instructions
+                    if ins.opname in _ATTRIBUTE_OPS or (ins.opname == "LOAD_CONST" and isinstance(ins.argval, str)))
+        if reachable and named:
+            return True
+        # The student's own helpers: functions of the same namespace that it calls by their global name. (A function
+        # captured in a closure is not followed: that is how test harnesses wrap a reference, and in a notebook it
+        # takes a deliberate factory.)
+        helpers = [namespace.get(n) for n in global_names]
+        return any(visit(h) for h in helpers if isinstance(h, types.FunctionType) and h.__globals__ is namespace)
+
+    return any(visit(f) for f in _unwrap_partials(fn) if isinstance(f, types.FunctionType))
+
+
+def _cell_is_set(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # an empty cell: the variable is not assigned yet
+        return False
+    return True
+
+
+_THIRD_PARTY_ROOTS = tuple({sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+
+def _is_third_party(func: types.FunctionType) -> bool:
+    """A function of the standard library or an installed package (not the student's, not the course's)."""
+    if func.__module__ in (None, "__main__") or _is_library(func.__module__):
+        return False
+    path = getattr(sys.modules.get(func.__module__), "__file__", None) or ""
+    return bool(path) and (path.startswith(_THIRD_PARTY_ROOTS) or "site-packages" in path)
+
+
 def _require_own_function(exercise: str, fn: Any, reference: Callable | None = None) -> None:
+    """Refuse what is not the student's own work: a non-function or a function defined in the course library (or a
+    ``functools.partial`` of one), at once; a function that calls ``reference`` by its name (see the module
+    docstring) when the check would otherwise pass. Until then such a function is checked like any other, so that a
+    wrong one hears what is wrong with its output; a right one is refused by :func:`_passed` instead of praised."""
+    _PENDING_REFUSALS.pop(exercise, None)
     if not callable(fn):
         _fail(exercise, f"expected a function, got {type(fn).__name__}. Pass the function itself, without calling it.")
-    module = getattr(fn, "__module__", "") or ""
-    if (reference is not None and fn is reference) or module.startswith("mechinterp_course"):
-        _fail(exercise, "this is the course library's reference implementation; write your own function.")
+    for target in _unwrap_partials(fn):
+        if (reference is not None and target is reference) or _is_library(getattr(target, "__module__", "") or ""):
+            _fail(exercise, "this is the course library's reference implementation; write your own function.")
+    if reference is not None and _calls_reference(fn, reference):
+        _PENDING_REFUSALS[exercise] = (f"your function calls the course library's `{reference.__name__}`, the answer "
+                                       f"to this exercise; write the computation yourself (other library helpers are "
+                                       f"fine).")
+
+
+def _raises(exercise: str, fn: Callable, error: type[BaseException], *args) -> bool:
+    """Call the student's function where it should raise ``error``: True if it did. Any other exception is reported
+    like a crash (through :func:`_call`), ``NotImplementedError`` as "not implemented yet"."""
+
+    def attempt() -> bool:
+        try:
+            fn(*args)
+        except error:
+            return True
+        return False
+
+    return _call(exercise, attempt)
 
 
 def _call(exercise: str, fn: Callable, *args, **kwargs) -> Any:
@@ -263,6 +395,10 @@ def check_logit_diff_decomposition(fn: Callable) -> None:
     _passed(exercise, "2 fresh prompt batches; the terms sum to the true logit difference")
 
 
+#: Method names ``ablate_head`` must refuse: a misspelling, a capitalised name, and a method the exercise doesn't have.
+UNKNOWN_ABLATION_METHODS = ("resampel", "Zero", "median")
+
+
 def check_ablate_head(fn: Callable) -> None:
     """``fn(z, head, method, reference=None, resample_index=None) -> z'`` for zero, mean and resample ablation."""
     exercise = "ablate_head"
@@ -279,21 +415,46 @@ def check_ablate_head(fn: Callable) -> None:
             actual = _call(exercise, fn, z, head, method, reference.clone(), index.clone())
             _unchanged(exercise, before, z, "z")
             compare(exercise, actual, expected, "the ablated z", context=f"({method} ablation of head {head})")
-    _passed(exercise, "zero, mean and resample ablation on 2 random shapes; inputs left untouched")
+        for method in UNKNOWN_ABLATION_METHODS:
+            if not _raises(exercise, fn, ValueError, z.clone(), head, method, reference.clone(), index.clone()):
+                _fail(exercise, f"method={method!r} returned a value; an unknown method should raise a ValueError "
+                                f"(so that a typo cannot silently run the wrong ablation).")
+    _passed(exercise, "zero, mean and resample ablation on 2 random shapes; inputs left untouched; unknown methods "
+                      "refused")
+
+
+#: (shape of ``value``, how clean and corrupted are given, whether clean < corrupted) per trial: python floats and
+#: tensors, scalars and per-example values, both signs of ``clean - corrupted``.
+_NORMALISED_METRIC_TRIALS = [((10,), "float", False), ((3, 4), "0-d tensor", True), ((), "float", True),
+                             ((6,), "per-example tensor", False)]
 
 
 def check_normalised_metric(fn: Callable) -> None:
+    """``fn(value, clean, corrupted)``: 1 at the clean run's metric, 0 at the corrupted run's, linear in between."""
     exercise = "normalised_metric"
     _require_own_function(exercise, fn, circuits.normalised_metric)
-    generator = torch.Generator().manual_seed(_seed(exercise, 0))
-    values, clean, corrupted = torch.randn(10, generator=generator), 2.5, -1.25
-    compare(exercise, _call(exercise, fn, values, clean, corrupted), circuits.normalised_metric(values, clean, corrupted),
-            "the normalised values")
-    compare(exercise, torch.as_tensor(_call(exercise, fn, torch.tensor(clean), clean, corrupted)).float(),
-            torch.tensor(1.0), "the metric of the clean run itself")
-    compare(exercise, torch.as_tensor(_call(exercise, fn, torch.tensor(corrupted), clean, corrupted)).float(),
-            torch.tensor(0.0), "the metric of the corrupted run itself")
-    _passed(exercise, "random values; the clean run maps to 1 and the corrupted run to 0")
+    for trial, (shape, kind, clean_below) in enumerate(_NORMALISED_METRIC_TRIALS):
+        generator = torch.Generator().manual_seed(_seed(exercise, trial))
+        values = torch.randn(shape, generator=generator) * 4
+        ends_shape = shape if kind == "per-example tensor" else ()
+        low = torch.randn(ends_shape, generator=generator) * 3 - 2
+        high = low + 1 + 4 * torch.rand(ends_shape, generator=generator)  # at least 1 apart
+        clean, corrupted = (low, high) if clean_below else (high, low)
+        if kind == "float":
+            clean, corrupted = float(clean), float(corrupted)
+        context = f"(value of shape {tuple(shape)}, clean and corrupted as {kind}s, clean " \
+                  f"{'below' if clean_below else 'above'} corrupted)"
+        expected = torch.as_tensor(circuits.normalised_metric(values, clean, corrupted)).float()
+        actual = _call(exercise, fn, values.clone(), clean, corrupted)
+        compare(exercise, actual, expected, "the normalised values", context=context)
+        for end, target in [(clean, 1.0), (corrupted, 0.0)]:
+            run_value = torch.as_tensor(end).float().clone()
+            actual = _call(exercise, fn, run_value, clean, corrupted)
+            label = "clean" if target == 1.0 else "corrupted"
+            compare(exercise, actual, torch.full(run_value.shape, target),
+                    f"the metric of the {label} run itself", context=context)
+    _passed(exercise, f"{len(_NORMALISED_METRIC_TRIALS)} random trials (floats and tensors, either sign); the clean "
+                      f"run maps to 1 and the corrupted run to 0")
 
 
 def _patching_trials(exercise: str, model, corruption: str = "value"):
@@ -338,21 +499,35 @@ def check_attribution_patch_heads(fn: Callable) -> None:
     _passed("attribution_patch_heads", "2 fresh clean/corrupted batches")
 
 
+#: Sender/receiver pairs that are no path (same layer, or the sender after the receiver): they must raise ValueError.
+IMPOSSIBLE_PATHS = [((1, 0), (1, 1)), ((0, 2), (0, 1)), ((1, 2), (0, 3))]
+
+
 def check_path_patch_key(fn: Callable) -> None:
     """``fn(model, clean, corrupted, sender, receiver, metric) -> scalar``."""
     exercise = "path_patch_key"
-    model = fresh_model()
+    _require_own_function(exercise, fn, circuits.path_patch_key)
     for sender, receiver in [((0, 3), (1, 1)), ((0, 1), (1, 0)), ((0, 0), (1, 2))]:
         _check_model_function(exercise, fn, circuits.path_patch_key, corruption="key", extra_args=(sender, receiver))
-    # Property: a sender in the same layer as the receiver is no path at all.
+    model = fresh_model()
     pair = tasks.patching_pair(4, 6, model.cfg.d_vocab, corruption="key", seed=_seed(exercise, 9))
-    try:
-        fn(model, pair.clean, pair.corrupted, (1, 0), (1, 1), lambda logits: logits.sum())
-    except (ValueError, AssertionError):
-        pass
-    else:
-        _fail(exercise, "a sender in the same layer as the receiver should raise a ValueError: there is no such path.")
-    _passed(exercise, "3 sender/receiver pairs on 2 fresh batches each; an impossible path is refused")
+    metric = functools.partial(_logit_diff_metric, answer=pair.answer, wrong=pair.wrong)
+    # Known answers. An impossible path is refused...
+    for sender, receiver in IMPOSSIBLE_PATHS:
+        if not _raises(exercise, fn, ValueError, model, pair.clean.clone(), pair.corrupted.clone(), sender, receiver,
+                       metric):
+            _fail(exercise, f"sender {sender} -> receiver {receiver} returned a value; a sender that is not in an "
+                            f"earlier layer than the receiver is no path at all and should raise a ValueError.")
+        model.reset_hooks()
+    # ... and with identical clean and corrupted inputs there is nothing to restore: the corrupted run's metric.
+    with torch.no_grad():
+        unchanged = metric(model(pair.corrupted))
+    actual = _call(exercise, fn, model, pair.corrupted.clone(), pair.corrupted.clone(), (0, 3), (1, 2), metric)
+    model.reset_hooks()
+    compare(exercise, actual, unchanged, "the result", atol=1e-3,
+            context="(with clean = corrupted, where patching any path changes nothing)")
+    _passed(exercise, "3 sender/receiver pairs on 2 fresh batches each; impossible paths refused; clean = corrupted "
+                      "changes nothing")
 
 
 def check_composition_score(fn: Callable) -> None:
@@ -372,7 +547,7 @@ def check_composition_score(fn: Callable) -> None:
 
 # Counterexample hunt ------------------------------------------------------------------------------------------
 
-#: The circuit must lose most of its faithfulness: at most this, against about 0.96 on the standard probe (so more
+#: The circuit must lose most of its faithfulness: at most this, against about 0.97 on the standard probe (so more
 #: than half of what the circuit explained there is gone). A distribution built from the architecture reaches ~0.3.
 COUNTEREXAMPLE_MAX_FAITHFULNESS = 0.5
 #: ... while the full model still does well: at least this fraction of the counted predictions right (the reference
@@ -380,6 +555,10 @@ COUNTEREXAMPLE_MAX_FAITHFULNESS = 0.5
 COUNTEREXAMPLE_MIN_ACCURACY = 0.7
 #: Enough counted predictions that the measurement is not noise.
 COUNTEREXAMPLE_MIN_PREDICTIONS = 500
+#: Faithfulness divides by (loss with every head ablated - the full model's loss) on the counted predictions. Unless
+#: the heads matter there by at least this many nats, the ratio is noise over a small denominator, and a low
+#: "faithfulness" says nothing about the circuit. The standard probe and the reference distribution give ~5 nats.
+COUNTEREXAMPLE_MIN_BASELINE_GAP = 1.0
 
 
 def induction_circuit(model) -> list[tuple[int, int]]:
@@ -395,47 +574,170 @@ def induction_circuit(model) -> list[tuple[int, int]]:
     return [tuple(lh) for lh in torch.nonzero(selected).tolist()]
 
 
-def measure_counterexample(make_batch: Callable, seed: int, batch: int = 128) -> dict[str, float]:
-    """Run the student's generator on a fresh seed and measure the full model and the circuit on it."""
+# The mask function sees the tokens only ----------------------------------------------------------------------
+#
+# ``which_predictions(tokens)`` decides which predictions count. If it could run a model it could count exactly the
+# predictions where the circuit fails and the model succeeds, whatever the distribution. So the grader calls a copy
+# of it (and of every function of the student's it calls) whose globals lack every ``torch.nn.Module`` and every
+# module of this library; refuses a closure or default argument that holds a module or a model; and, while the mask
+# is computed, makes any model's forward pass raise. (Reading weights through some other route is not policed:
+# the instructor sees the code.)
+
+
+class _ModelRun(RuntimeError):
+    """Raised by the forward pre-hook that guards ``which_predictions``."""
+
+
+def _hidden_from_mask(value: Any) -> bool:
+    return isinstance(value, torch.nn.Module) or (isinstance(value, types.ModuleType) and _is_library(value.__name__))
+
+
+def _tokens_only(exercise: str, fn: Callable, what: str) -> tuple[Callable, dict[str, str]]:
+    """A copy of ``fn`` that cannot see models or the course library, and the names hidden from it (name -> type).
+
+    The student's functions it reaches (through its globals, its closure or a ``functools.partial``) are copied the
+    same way, so a helper cannot reach the notebook's ``model`` either. Functions of installed packages (torch,
+    einops, ...) are used as they are.
+    """
+    hidden: dict[str, str] = {}
+    copies: dict[int, Any] = {}
+
+    def refuse_captured(owner: str, name: str, value: Any, where: str) -> None:
+        if isinstance(value, (types.ModuleType, torch.nn.Module)):
+            kind = "a model" if isinstance(value, torch.nn.Module) else f"the module `{value.__name__}`"
+            _fail(exercise, f"`{owner}` holds {kind} in {where} `{name}`; {what} must compute the mask from the "
+                            f"tokens alone, so it may not capture modules or models.")
+
+    def restrict(value: Any) -> Any:
+        if isinstance(value, functools.partial):
+            for i, arg in enumerate(value.args):
+                refuse_captured(what, f"#{i}", arg, "the functools.partial argument")
+            for name, arg in value.keywords.items():
+                refuse_captured(what, name, arg, "the functools.partial argument")
+            return functools.partial(restrict(value.func), *value.args, **value.keywords)
+        if isinstance(value, types.FunctionType) and not _is_third_party(value):
+            return copy(value)
+        return value
+
+    def copy(func: types.FunctionType) -> types.FunctionType:
+        if id(func) in copies:
+            return copies[id(func)]
+        code = func.__code__
+        positional_defaults = func.__defaults__ or ()
+        first_default = code.co_argcount - len(positional_defaults)
+        for name, value in zip(code.co_varnames[first_default:], positional_defaults):
+            refuse_captured(func.__name__, name, value, "the default argument")
+        for name, value in (func.__kwdefaults__ or {}).items():
+            refuse_captured(func.__name__, name, value, "the default argument")
+        namespace: dict[str, Any] = {"__builtins__": func.__globals__.get("__builtins__", builtins)}
+        new_cells = tuple(types.CellType() for _ in code.co_freevars)
+        clone = types.FunctionType(code, namespace, func.__name__, positional_defaults, new_cells or None)
+        clone.__kwdefaults__ = func.__kwdefaults__
+        copies[id(func)] = clone  # before recursing: a function that calls itself gets its own copy
+        for name, cell, new_cell in zip(code.co_freevars, func.__closure__ or (), new_cells):
+            if _cell_is_set(cell):
+                refuse_captured(func.__name__, name, cell.cell_contents, "its closure variable")
+                new_cell.cell_contents = restrict(cell.cell_contents)
+        for name in {n for c in _code_objects(code) for n in c.co_names} & func.__globals__.keys():
+            value = func.__globals__[name]
+            if _hidden_from_mask(value):
+                hidden[name] = "a model" if isinstance(value, torch.nn.Module) else "a module of the course library"
+            else:
+                namespace[name] = restrict(value)
+        return clone
+
+    if not isinstance(fn, (types.FunctionType, functools.partial)):
+        _fail(exercise, f"{what} should be a plain function (def or lambda), got {type(fn).__name__}.")
+    return restrict(fn), hidden
+
+
+def _call_tokens_only(exercise: str, fn: Callable, tokens: Tensor, what: str = "which_predictions") -> Any:
+    """``fn(tokens)`` through :func:`_call`, with no model or course module in reach (see above)."""
+    restricted, hidden = _tokens_only(exercise, fn, what)
+    ran: list[str] = []
+
+    def refuse_forward(module, args):
+        ran.append(type(module).__name__)
+        raise _ModelRun(type(module).__name__)
+
+    def attempt():
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(refuse_forward)
+        try:
+            result = restricted(tokens)
+        except _ModelRun:
+            result = None
+        except NameError as error:
+            if getattr(error, "name", None) in hidden:
+                _fail(exercise, f"{what} uses `{error.name}`, {hidden[error.name]}: the mask must depend on the tokens "
+                                f"only, so the grader hides models and the course library from it.")
+            raise
+        finally:
+            handle.remove()
+        if ran:
+            _fail(exercise, f"{what} ran a model ({ran[0]}): the mask must be computed from the tokens alone, not "
+                            f"from what a model does on them.")
+        return result
+
+    return _call(exercise, attempt)
+
+
+def measure_counterexample(make_batch: Callable, which_predictions: Callable, seed: int,
+                           batch: int = 128) -> dict[str, float]:
+    """Draw ``make_batch(batch, seed)``, let ``which_predictions(tokens)`` (which sees the tokens only) say which
+    predictions count, and measure the full model and the circuit there (``circuits.circuit_faithfulness``, plus the
+    number of counted predictions)."""
     exercise = "counterexample hunt"
+    for name, fn in [("make_batch", make_batch), ("which_predictions", which_predictions)]:
+        if not callable(fn):
+            _fail(exercise, f"pass your function {name} itself, got {type(fn).__name__}.")
     model = fresh_model()
-    result = _call(exercise, make_batch, batch, seed)
-    if not (isinstance(result, tuple) and len(result) == 2):
-        _fail(exercise, "make_batch(batch, seed) must return a pair (tokens, mask).")
-    tokens, mask = result
+    tokens = _call(exercise, make_batch, batch, seed)
+    if isinstance(tokens, tuple):
+        _fail(exercise, "make_batch(batch, seed) returns the tokens alone; which predictions count is decided by "
+                        "which_predictions(tokens).")
     if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int64, torch.int32) or tokens.ndim != 2:
         _fail(exercise, "tokens must be an integer tensor of shape [batch, pos].")
     if tokens.shape[0] != batch or not 2 <= tokens.shape[1] <= model.cfg.n_ctx:
         _fail(exercise, f"tokens has shape {tuple(tokens.shape)}; expected [{batch}, pos] with 2 <= pos <= {model.cfg.n_ctx}.")
     if tokens.min() < 0 or tokens.max() >= model.cfg.d_vocab:
         _fail(exercise, f"tokens must lie in [0, {model.cfg.d_vocab - 1}].")
-    if not isinstance(mask, Tensor) or tuple(mask.shape) != (batch, tokens.shape[1] - 1):
-        _fail(exercise, f"mask must be a boolean tensor of shape [{batch}, {tokens.shape[1] - 1}] (one per prediction).")
-    if int(mask.bool().sum()) < COUNTEREXAMPLE_MIN_PREDICTIONS:
-        _fail(exercise, f"the mask counts only {int(mask.bool().sum())} predictions; count at least "
+    tokens = tokens.long()
+    mask = _call_tokens_only(exercise, which_predictions, tokens.clone())
+    expected_shape = (batch, tokens.shape[1] - 1)
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != expected_shape:
+        got = (f"{mask.dtype} tensor of shape {tuple(mask.shape)}" if isinstance(mask, Tensor)
+               else type(mask).__name__)
+        _fail(exercise, f"which_predictions must return a boolean tensor of shape [{batch}, {tokens.shape[1] - 1}] "
+                        f"(one per prediction), got a {got}.")
+    n_counted = int(mask.sum())
+    if n_counted < COUNTEREXAMPLE_MIN_PREDICTIONS:
+        _fail(exercise, f"the mask counts only {n_counted} predictions; count at least "
                         f"{COUNTEREXAMPLE_MIN_PREDICTIONS} so the measurement is meaningful.")
     reference = circuits.induction_reference_tokens(model.cfg.d_vocab)
-    return circuits.circuit_faithfulness(model, tokens.long(), mask.bool(), induction_circuit(model), reference)
+    outcome = circuits.circuit_faithfulness(model, tokens, mask, induction_circuit(model), reference)
+    return dict(outcome, n_predictions=n_counted)
 
 
-def check_counterexample(make_batch: Callable) -> None:
-    """``make_batch(batch, seed) -> (tokens [batch, pos], mask [batch, pos - 1])``: a distribution on which the
-    induction circuit explains little of what the full model does well."""
+def check_counterexample(make_batch: Callable, which_predictions: Callable) -> None:
+    """``make_batch(batch, seed) -> tokens [batch, pos]`` and ``which_predictions(tokens) -> mask [batch, pos - 1]``:
+    a distribution on which the induction circuit explains little of what the full model does well."""
     exercise = "counterexample hunt"
-    if not callable(make_batch):
-        _fail(exercise, "pass your function make_batch itself.")
     seeds = [_seed(exercise, 0), _seed(exercise, 1)]
-    outcomes = [measure_counterexample(make_batch, seed) for seed in seeds]
+    outcomes = [measure_counterexample(make_batch, which_predictions, seed) for seed in seeds]
     # A generator that ignores its seed is a fixed data set, not a distribution.
-    first = make_batch(8, seeds[0])[0]
-    if torch.equal(first, make_batch(8, seeds[1])[0]):
+    if torch.equal(_call(exercise, make_batch, 8, seeds[0]), _call(exercise, make_batch, 8, seeds[1])):
         _fail(exercise, "make_batch returns the same tokens for different seeds; draw them from the seed.")
     for seed, outcome in zip(seeds, outcomes):
         summary = (f"full-model accuracy {outcome['full_accuracy']:.2f}, circuit faithfulness "
-                   f"{outcome['faithfulness']:.2f} (seed {seed})")
+                   f"{outcome['faithfulness']:.2f}, all-heads-ablated loss {outcome['baseline_gap']:.2f} nats above "
+                   f"the full model's (seed {seed})")
         if outcome["full_accuracy"] < COUNTEREXAMPLE_MIN_ACCURACY:
             _fail(exercise, f"the full model does not do well here: {summary}; it must reach "
                             f"{COUNTEREXAMPLE_MIN_ACCURACY} accuracy on the counted predictions.")
+        if outcome["baseline_gap"] < COUNTEREXAMPLE_MIN_BASELINE_GAP:
+            _fail(exercise, f"the heads hardly matter for the counted predictions: {summary}. Faithfulness divides by "
+                            f"that gap, so it must be at least {COUNTEREXAMPLE_MIN_BASELINE_GAP} nats for the ratio "
+                            f"to mean anything.")
         if outcome["faithfulness"] > COUNTEREXAMPLE_MAX_FAITHFULNESS:
             _fail(exercise, f"the circuit still explains this distribution: {summary}; bring faithfulness to "
                             f"{COUNTEREXAMPLE_MAX_FAITHFULNESS} or below.")
@@ -443,11 +745,40 @@ def check_counterexample(make_batch: Callable) -> None:
                                 for o in outcomes) + " on 2 fresh samples")
 
 
+# Section 8: what circuit studies found -----------------------------------------------------------------------
+
+
+def check_circuit_studies(answers: Any) -> None:
+    """``answers``: study -> the letter of its finding (``circuits.circuit_studies_quiz``); all must be right."""
+    exercise = "what circuit studies found"
+    studies, options = circuits.circuit_studies_quiz()
+    if not isinstance(answers, dict):
+        _fail(exercise, f"give a dict study -> letter, got {type(answers).__name__}.")
+    missing = [s for s in studies if s not in answers]
+    extra = [k for k in answers if k not in studies]
+    if missing or extra:
+        _fail(exercise, f"use exactly the {len(studies)} studies as keys ({len(missing)} missing, {len(extra)} "
+                        f"unexpected: {extra}).")
+    given = {study: str(answers[study]).strip().upper() if answers[study] is not None else None for study in studies}
+    invalid = [study for study, letter in given.items() if letter not in options]
+    if invalid:
+        _fail(exercise, f"{len(invalid)} answer(s) are not one of the letters {', '.join(options)}: "
+                        f"{[answers[s] for s in invalid]}.")
+    key = circuits.circuit_studies_key()
+    wrong = sum(given[study] != key[study] for study in studies)
+    if wrong:
+        _fail(exercise, f"{wrong} of {len(studies)} matches are wrong. Re-read section 8's table.")
+    _passed(exercise, f"all {len(studies)} studies matched to what they found")
+
+
 # Measured numbers for the comparison table -------------------------------------------------------------------
 
 
 ICL_EARLY_POS = 10
 ICL_LATE_POS = 50
+#: The ``half_len`` values the measurement check uses: positions ICL_LATE_POS + 1 must exist (half_len >= 26) and the
+#: sequence must fit the model's 64-token context (half_len <= 31); a function that assumes the notebook's 30 fails.
+MEASUREMENT_HALF_LENS = (30, 26, 31)
 
 
 def reference_measurements(model, tokens: Tensor, half_len: int) -> dict[str, float]:
@@ -459,8 +790,8 @@ def reference_measurements(model, tokens: Tensor, half_len: int) -> dict[str, fl
     return {
         "max_induction_score": float(scores.max()),
         "n_induction_heads": int((scores > circuits.INDUCTION_THRESHOLD).sum()),
-        # Olsson et al. use loss at token 500 minus loss at token 50; our sequences are 61 tokens long, so the
-        # course uses a late second-copy position minus an early first-copy position.
+        # Olsson et al. use loss at token 500 minus loss at token 50; our sequences are at most 64 tokens long, so
+        # the course uses a late second-copy position minus an early first-copy position.
         "in_context_learning_score": float(losses[:, ICL_LATE_POS].mean() - losses[:, ICL_EARLY_POS].mean()),
     }
 
@@ -470,18 +801,19 @@ def check_measurements(fn: Callable) -> None:
     exercise = "measure the course model"
     _require_own_function(exercise, fn, reference_measurements)
     model = fresh_model()
-    for trial, batch in enumerate([32, 48]):
-        tokens = tasks.repeated_tokens(batch, 30, model.cfg.d_vocab, seed=_seed(exercise, trial))
-        expected = reference_measurements(model, tokens, 30)
-        measured = _call(exercise, fn, model, tokens.clone(), 30)
+    for trial, (batch, half_len) in enumerate(zip([32, 48, 24], MEASUREMENT_HALF_LENS)):
+        tokens = tasks.repeated_tokens(batch, half_len, model.cfg.d_vocab, seed=_seed(exercise, trial))
+        expected = reference_measurements(model, tokens, half_len)
+        measured = _call(exercise, fn, model, tokens.clone(), half_len)
         if not isinstance(measured, dict):
             _fail(exercise, f"return a dict, got {type(measured).__name__}.")
         for key, value in expected.items():
             if key not in measured or measured[key] is None:
                 _fail(exercise, f"missing the measurement {key!r}.")
             compare(exercise, torch.tensor(float(measured[key])), torch.tensor(value), repr(key), atol=1e-3,
-                    context=f"(on a fresh batch of {batch} sequences)")
-    _passed(exercise, "all three numbers match on 2 fresh batches")
+                    context=f"(on a fresh batch of {batch} sequences with half_len {half_len})")
+    _passed(exercise, f"all three numbers match on {len(MEASUREMENT_HALF_LENS)} fresh batches with half_len "
+                      f"{', '.join(map(str, MEASUREMENT_HALF_LENS))}")
 
 
 def check_my_scores(scores: Any) -> None:
@@ -501,439 +833,23 @@ def check_my_scores(scores: Any) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def yours_or_reference(fn: Callable, reference: Callable) -> Callable:
+def yours_or_reference(fn: Callable, reference: Callable, instead: str | None = None) -> Callable:
     """Wrap a student's function for the demo cells that follow an exercise: while the exercise is unfinished (the
     function raises ``NotImplementedError``), the demo runs the reference instead and says so, so a student who is
-    stuck can still see the rest of the chapter."""
+    stuck can still see the rest of the chapter. ``instead`` says what the fallback is when it is not the reference
+    answer (the counterexample hunt falls back to the standard probe: its answer is not given away). The note is
+    printed once per wrapper, not once per call (a demo may call it in a loop)."""
+    fallback = instead or "the course's reference implementation"
+    noted = []
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except NotImplementedError:
-            print(f"(`{fn.__name__}` is not written yet: this cell uses the course's reference implementation.)")
+            if not noted:
+                print(f"(`{fn.__name__}` is not written yet: this cell uses {fallback}.)")
+                noted.append(True)
             return reference(*args, **kwargs)
 
     return run
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Chapter 0, "History and landscape"
-# --------------------------------------------------------------------------------------------------------------
-#
-# Quizzes: every answer key comes from the deck's text (``mechinterp_course.history`` derives each key from its
-# transcription of the slides). A quiz check needs the whole answer right, so a constant answer cannot pass, and on a
-# mistake it says how many items are wrong, never which.
-
-from . import history  # noqa: E402
-
-
-def _normalise_option(value: Any) -> str:
-    return str(value).strip().lower().replace("_", "-").replace(" ", "-")
-
-
-def _check_keys(exercise: str, given: Any, expected_keys: Sequence[str], what: str) -> dict:
-    if not isinstance(given, dict):
-        _fail(exercise, f"{what} should be a dict, got {type(given).__name__}.")
-    missing = [k for k in expected_keys if k not in given]
-    extra = [k for k in given if k not in expected_keys]
-    if missing or extra:
-        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected keys {extra}"] if extra else [])
-        _fail(exercise, f"{what}: {'; '.join(parts)}. Use exactly the keys the question lists.")
-    return given
-
-
-def _check_options(exercise: str, given: dict, options: Sequence[str], what: str, normalise=_normalise_option) -> dict:
-    allowed = {normalise(o): o for o in options}
-    out = {}
-    for key, value in given.items():
-        if value is None or normalise(value) not in allowed:
-            _fail(exercise, f"{what}: {value!r} (for {key!r}) is not one of the options {list(options)}.")
-        out[key] = allowed[normalise(value)]
-    return out
-
-
-def _count_wrong(given: dict, key: dict) -> int:
-    return sum(given[k] != v for k, v in key.items())
-
-
-def check_order_quiz(order: Any) -> None:
-    """The letters of ``history.ORDER_QUIZ`` from earliest to latest (slides 6 and 7)."""
-    exercise = "order the events"
-    letters = list(history.ORDER_QUIZ)
-    if not isinstance(order, (list, tuple)):
-        _fail(exercise, f"give a list of letters, got {type(order).__name__}.")
-    order = [str(letter).strip().upper() for letter in order]
-    unknown = sorted(set(order) - set(letters))
-    missing = sorted(set(letters) - set(order))
-    if unknown or missing or len(order) != len(letters):
-        _fail(exercise, f"give each of the {len(letters)} letters exactly once (unknown: {unknown}, missing: "
-                        f"{missing}, {len(order)} given).")
-    key = history.order_quiz_key()
-    misplaced = sum(a != b for a, b in zip(order, key))
-    if misplaced:
-        rank = {letter: i for i, letter in enumerate(key)}
-        inverted = sum(rank[order[i]] > rank[order[j]] for i in range(len(order)) for j in range(i + 1, len(order)))
-        n_pairs = len(order) * (len(order) - 1) // 2
-        _fail(exercise, f"{misplaced} of {len(order)} events are not in their place ({inverted} of {n_pairs} pairs "
-                        f"are in the wrong order). Re-read slides 6 and 7.")
-    _passed(exercise, f"all {len(order)} events in the deck's order")
-
-
-def check_people_quiz(groups: Any, roles: Any) -> None:
-    """``groups``: person -> "Distill" or "transformer-circuits"; ``roles``: person -> a letter of ``ROLE_QUIZ`` (slide 5)."""
-    exercise = "who did what"
-    key_groups, key_roles = history.people_quiz_key()
-    groups = _check_options(exercise, _check_keys(exercise, groups, list(key_groups), "groups"),
-                            [history.DISTILL, history.TRANSFORMER_CIRCUITS], "groups")
-    roles = _check_options(exercise, _check_keys(exercise, roles, list(key_roles), "roles"),
-                           list(history.ROLE_QUIZ), "roles", normalise=lambda v: str(v).strip().upper())
-    wrong_groups, wrong_roles = _count_wrong(groups, key_groups), _count_wrong(roles, key_roles)
-    if wrong_groups or wrong_roles:
-        _fail(exercise, f"{wrong_groups} of {len(key_groups)} groups and {wrong_roles} of {len(key_roles)} roles are "
-                        f"wrong. Re-read slide 5.")
-    _passed(exercise, f"{len(key_groups)} groups and {len(key_roles)} roles match slide 5")
-
-
-def check_area_quiz(areas: Any, induction_heads_when: Any) -> None:
-    """``areas``: letter of ``AREA_QUIZ`` -> an area of ``AREA_QUIZ_OPTIONS``; ``induction_heads_when``: one of
-    Leonard's "when in the training process" classes, as slide 7 gives it for the induction-heads paper."""
-    exercise = "classify the papers"
-    key_areas, key_when = history.area_quiz_key()
-    areas = _check_options(exercise, _check_keys(exercise, areas, list(history.AREA_QUIZ), "areas"),
-                           history.AREA_QUIZ_OPTIONS, "areas")
-    when_options = history.LEONARD_TAXONOMY["when in the training process"]
-    when = _check_options(exercise, {"induction_heads_when": induction_heads_when}, when_options,
-                          "induction_heads_when")["induction_heads_when"]
-    wrong = _count_wrong(areas, key_areas)
-    if wrong or when != key_when:
-        _fail(exercise, f"{wrong} of {len(key_areas)} papers are in the wrong area, and the induction-heads class is "
-                        f"{'wrong' if when != key_when else 'right'}. The deck's 'main work' lists are on slides 22, 30, "
-                        f"36, 39-40 and 63; the class is in slide 7's wording.")
-    _passed(exercise, f"{len(key_areas)} papers in the deck's areas, and slide 7's class for induction heads")
-
-
-def check_status_quiz(status: Any) -> None:
-    """``status``: each item of slide 17 -> its number of check marks (0 for "__")."""
-    exercise = "read the status table"
-    status = _check_keys(exercise, status, list(history.STATUS), "status")
-    for item, marks in status.items():
-        if isinstance(marks, bool) or not isinstance(marks, int) or marks not in history.STATUS_LEGEND:
-            _fail(exercise, f"status[{item!r}] should be 3, 2, 1 or 0 (the number of check marks), got {marks!r}.")
-    wrong = _count_wrong(status, history.STATUS)
-    if wrong:
-        _fail(exercise, f"{wrong} of {len(history.STATUS)} items have the wrong number of check marks.")
-    _passed(exercise, f"all {len(history.STATUS)} items of slide 17")
-
-
-def check_success_quiz(answer: Any) -> None:
-    """``answer``: each of slide 80's works -> the letter of the claim it is the example of."""
-    exercise = "strongest successes"
-    key = history.success_quiz_key()
-    answer = _check_options(exercise, _check_keys(exercise, answer, list(key), "answer"), list(history.SUCCESS_QUIZ),
-                            "answer", normalise=lambda v: str(v).strip().upper())
-    wrong = _count_wrong(answer, key)
-    if wrong:
-        _fail(exercise, f"{wrong} of {len(key)} works are matched to the wrong claim. Re-read slide 80.")
-    _passed(exercise, f"all {len(key)} works matched as slide 80 does")
-
-
-def check_ternary_placement(corners: Any, placement: Any) -> None:
-    """The student's own placement of slide 9's papers (the deck's text gives no positions, so there is no key):
-    three distinct corner labels, and for every paper three non-negative weights with a positive sum."""
-    exercise = "your ternary placement"
-    if not (isinstance(corners, (list, tuple)) and len(corners) == 3 and all(isinstance(c, str) and c.strip() for c in corners)):
-        _fail(exercise, "corners should be three non-empty strings.")
-    if len({c.strip().lower() for c in corners}) != 3:
-        _fail(exercise, "the three corners should be different.")
-    placement = _check_keys(exercise, placement, list(history.TERNARY_PAPERS), "placement")
-    points = []
-    for paper, weights in placement.items():
-        try:
-            values = [float(w) for w in weights]
-        except (TypeError, ValueError):
-            _fail(exercise, f"the placement of {paper[:40]!r} should be three numbers.")
-        if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
-            _fail(exercise, f"the placement of {paper[:40]!r} should be three non-negative numbers with a positive sum.")
-        points.append(tuple(round(v / sum(values), 2) for v in values))
-    if len(set(points)) < 4:
-        _fail(exercise, f"only {len(set(points))} distinct positions for {len(points)} papers: spread them out where "
-                        f"they differ.")
-    _passed(exercise, f"{len(points)} papers placed at {len(set(points))} distinct positions (graded by hand from here)")
-
-
-# Feature visualisation -----------------------------------------------------------------------------------------
-
-
-def _random_cnn(channels: tuple[int, int], hidden: int, image_size: int, seed: int) -> "history.DigitsCNN":
-    """A random CNN with He-initialised weights and small random biases (so that units are alive and gradients are
-    informative), frozen, in eval mode."""
-    model = history.DigitsCNN(channels, hidden, 10, image_size, seed=seed).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias"):
-                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
-            else:
-                param.copy_(torch.randn(param.shape, generator=generator) * math.sqrt(2.0 / param[0].numel()))
-            param.requires_grad_(False)
-    return model
-
-
-def check_total_variation(fn: Callable) -> None:
-    """``fn(x [batch, C, H, W]) -> [batch]``: the sum of squared differences between neighbouring pixels."""
-    exercise = "total_variation"
-    _require_own_function(exercise, fn, history.total_variation)
-    for trial, shape in enumerate([(2, 1, 8, 8), (3, 2, 5, 7), (1, 3, 4, 4)]):
-        generator = torch.Generator().manual_seed(_seed(exercise, trial))
-        x = torch.randn(*shape, generator=generator)
-        before = x.clone()
-        actual = _call(exercise, fn, x)
-        _unchanged(exercise, before, x, "x")
-        compare(exercise, actual, history.total_variation(x), "the total variation", context=f"(x of shape {shape})")
-        compare(exercise, _call(exercise, fn, x + 3.0), history.total_variation(x), "the total variation of x + 3",
-                context="(adding a constant to every pixel must change nothing)")
-    compare(exercise, _call(exercise, fn, torch.full((2, 1, 6, 6), 0.7)), torch.zeros(2), "the total variation",
-            context="(of constant images)")
-    _passed(exercise, "3 random shapes; zero for constant images; unchanged by adding a constant")
-
-
-def _same_norm_random(reference: Tensor, n: int, generator: torch.Generator) -> Tensor:
-    """``[n, batch, C, H, W]`` random images with the same L2 norm as each image of ``reference``."""
-    noise = torch.randn(n, *reference.shape, generator=generator)
-    norms = reference.flatten(1).norm(dim=1)
-    return noise / noise.flatten(2).norm(dim=2)[..., None, None, None] * norms[None, :, None, None, None]
-
-
-def _visualise_once(exercise: str, fn: Callable, activation_fn: Callable, x0: Tensor, settings: dict) -> Tensor:
-    before = x0.clone()
-    result = _call(exercise, fn, activation_fn, x0, **settings)
-    _unchanged(exercise, before, x0, "x0")
-    if not isinstance(result, Tensor):
-        _fail(exercise, f"return a tensor, got {type(result).__name__}.")
-    if tuple(result.shape) != tuple(x0.shape):
-        _fail(exercise, f"the result has shape {tuple(result.shape)}; it should have x0's shape {tuple(x0.shape)}.")
-    if not torch.isfinite(result).all():
-        _fail(exercise, f"the result contains non-finite values (settings {settings}).")
-    return result.detach()
-
-
-def check_visualise(fn: Callable) -> None:
-    """``fn(activation_fn, x0, steps, lr, l2, tv, jitter, seed) -> [batch, C, H, W]``: activation maximisation as
-    ``history.visualise`` documents it. Properties first (ascent, far above random inputs, each penalty shrinks what it
-    penalises, jitter spreads a single-pixel unit over exactly the allowed shifts), then the reference on fresh
-    random CNNs of several shapes."""
-    exercise = "visualise"
-    _require_own_function(exercise, fn, history.visualise)
-    generator = torch.Generator().manual_seed(_seed(exercise, 0))
-
-    # 1. Ascent, and far above random inputs of the same size (no penalties, no jitter).
-    model = _random_cnn((6, 8), 16, 8, seed=_seed(exercise, 1))
-    classes = torch.tensor([1, 4, 7])
-    activation_fn = history.unit_activation(model, "logits", classes)
-    x0 = 0.1 * torch.randn(3, 1, 8, 8, generator=generator)
-    plain = dict(steps=40, lr=0.1, l2=0.0, tv=0.0, jitter=0, seed=0)
-    result = _visualise_once(exercise, fn, activation_fn, x0, plain)
-    with torch.no_grad():
-        start, reached = activation_fn(x0), activation_fn(result)
-        randoms = torch.stack([activation_fn(r) for r in _same_norm_random(result, 128, generator)])
-    if not (reached > start).all():
-        _fail(exercise, "the optimised images lower the target activation: the Adam step must *increase* the "
-                        "objective (minimise its negative).")
-    if not (reached > randoms.max(0).values).all():
-        _fail(exercise, "the optimised images do not reach a higher activation than random images of the same norm: "
-                        "the optimisation is not following the gradient of the target unit.")
-
-    # 2. Each penalty shrinks what it penalises.
-    for name, settings, measure, label in [
-        ("l2", dict(plain, l2=0.5), lambda x: x.flatten(1).norm(dim=1), "the images' L2 norm"),
-        ("tv", dict(plain, tv=2.0), lambda x: history.total_variation(x) / x.flatten(1).pow(2).sum(1), "the images' "
-         "total variation (relative to their squared norm)"),
-    ]:
-        penalised = _visualise_once(exercise, fn, activation_fn, x0, settings)
-        if not (measure(penalised) < 0.5 * measure(result)).all():
-            _fail(exercise, f"with {name}={settings[name]} {label} should be much smaller than with {name}=0; it is not "
-                            f"(check the sign and the weight of the {name} penalty, and that the optimiser is Adam).")
-
-    # 3. Jitter, on a unit that reads one pixel: it must spread over every shift in [-jitter, jitter], and no further.
-    size, centre, shift = 11, 5, 2
-    pixel = lambda x: x[:, 0, centre, centre]  # noqa: E731
-    blank = torch.zeros(1, 1, size, size)
-    still = _visualise_once(exercise, fn, pixel, blank, dict(steps=60, lr=0.1, l2=0.05, tv=0.0, jitter=0, seed=3))
-    mass = still[0, 0].pow(2)
-    if mass.sum() <= 0 or mass[centre, centre] < 0.99 * mass.sum():
-        _fail(exercise, "with jitter=0 a unit that reads one pixel should change only that pixel.")
-    moved = _visualise_once(exercise, fn, pixel, blank, dict(steps=100, lr=0.1, l2=0.05, tv=0.0, jitter=shift, seed=3))
-    mass = moved[0, 0].pow(2)
-    window = mass[centre - shift:centre + shift + 1, centre - shift:centre + shift + 1]
-    if mass.sum() <= 0 or window.sum() < (1 - 1e-6) * mass.sum():
-        _fail(exercise, f"with jitter={shift} a one-pixel unit should only change pixels at most {shift} away from it "
-                        f"(draw the shifts from [-jitter, jitter] and roll the image, don't pad or wrap further).")
-    edges = [window[0].sum(), window[-1].sum(), window[:, 0].sum(), window[:, -1].sum()]
-    if mass[centre, centre] > 0.5 * mass.sum() or min(edges) <= 0:
-        _fail(exercise, f"with jitter={shift} a one-pixel unit should be spread over every shift from -{shift} to "
-                        f"{shift} in both directions (torch.randint's upper bound is exclusive).")
-
-    # 4. The reference, on fresh random CNNs, units and settings.
-    trials = [
-        (((4, 6), 12, 6), "logits", 3, dict(steps=30, lr=0.1, l2=0.05, tv=0.1, jitter=1, seed=11)),
-        (((8, 16), 32, 8), "conv2", 4, dict(steps=30, lr=0.05, l2=0.01, tv=0.02, jitter=2, seed=12)),
-        (((3, 5), 10, 10), "fc", 2, dict(steps=30, lr=0.1, l2=0.02, tv=0.0, jitter=1, seed=13)),
-    ]
-    for trial, ((channels, hidden, image_size), layer, batch, settings) in enumerate(trials):
-        trial_generator = torch.Generator().manual_seed(_seed(exercise, 10 + trial))
-        model = _random_cnn(channels, hidden, image_size, seed=_seed(exercise, 20 + trial))
-        n_units = {"logits": 10, "fc": hidden, "conv2": channels[1]}[layer]
-        activation_fn = history.unit_activation(model, layer, torch.randint(0, n_units, (batch,), generator=trial_generator))
-        x0 = 0.1 * torch.randn(batch, 1, image_size, image_size, generator=trial_generator)
-        expected = history.visualise(activation_fn, x0, **settings)
-        actual = _visualise_once(exercise, fn, activation_fn, x0, settings)
-        compare(exercise, actual, expected, "the optimised images", atol=1e-3, rtol=1e-3,
-                context=f"(a random CNN, unit in {layer!r}, images {tuple(x0.shape)}, {settings})")
-    _passed(exercise, "ascends far above random inputs; L2, TV and jitter behave as specified; matches the reference "
-                      "on 3 random CNNs")
-
-
-def check_top_activating_examples(fn: Callable) -> None:
-    """``fn(activation_fn, images, k) -> (values [k], indices [k])``: largest first, ties to the lower index."""
-    exercise = "top_activating_examples"
-    _require_own_function(exercise, fn, history.top_activating_examples)
-    cases = []
-    for trial, ((channels, hidden, image_size), layer, unit, n, k) in enumerate([
-        (((4, 6), 12, 6), "logits", 3, 60, 5),
-        (((6, 8), 16, 8), "conv2", 2, 200, 10),
-        (((3, 5), 10, 10), "fc", 4, 37, 1),
-    ]):
-        generator = torch.Generator().manual_seed(_seed(exercise, trial))
-        model = _random_cnn(channels, hidden, image_size, seed=_seed(exercise, 10 + trial))
-        images = torch.randn(n, 1, image_size, image_size, generator=generator)
-        cases.append((history.unit_activation(model, layer, unit), images, k, f"unit {unit} of {layer!r}, {n} images, k={k}"))
-    # Ties: cap a unit so that more than k images share the top activation.
-    generator = torch.Generator().manual_seed(_seed(exercise, 9))
-    model = _random_cnn((4, 6), 12, 8, seed=_seed(exercise, 19))
-    images = torch.randn(80, 1, 8, 8, generator=generator)
-    logit = history.unit_activation(model, "logits", 0)
-    with torch.no_grad():
-        cap = float(logit(images).sort(descending=True).values[11])
-    cases.append((lambda x: logit(x).clamp(max=cap), images, 6, "a unit where 12 images tie for the top"))
-
-    for activation_fn, images, k, label in cases:
-        with torch.no_grad():
-            activations = activation_fn(images)
-        expected_values, expected_indices = history.top_activating_examples(activation_fn, images, k)
-        result = _call(exercise, fn, activation_fn, images.clone(), k)
-        if not (isinstance(result, tuple) and len(result) == 2):
-            _fail(exercise, "return a pair (values, indices).")
-        values, indices = (torch.as_tensor(r).detach() for r in result)
-        if tuple(indices.shape) != (k,) or tuple(values.shape) != (k,):
-            _fail(exercise, f"values and indices should both have shape ({k},); got {tuple(values.shape)} and "
-                            f"{tuple(indices.shape)} ({label}).")
-        if indices.is_floating_point() or indices.min() < 0 or indices.max() >= len(images):
-            _fail(exercise, f"indices should be integer positions in images ({label}).")
-        indices = indices.long()
-        compare(exercise, values, activations[indices], "the values", context=f"(they must be the activations of the "
-                                                                              f"images you return; {label})")
-        if (values[1:] > values[:-1] + 1e-6).any():
-            _fail(exercise, f"the values are not in descending order ({label}).")
-        outside = torch.ones(len(images), dtype=torch.bool)
-        outside[indices] = False
-        if outside.any() and activations[outside].max() > values[-1] + 1e-6:
-            _fail(exercise, f"an image you left out activates the unit more than one you returned ({label}).")
-        if not torch.equal(indices, expected_indices):
-            _fail(exercise, f"{int((indices != expected_indices).sum())} of {k} indices differ from the documented "
-                            f"order: equal activations go to the lower index first ({label}).")
-        compare(exercise, values, expected_values, "the values", context=f"({label})")
-    _passed(exercise, "3 random CNNs and units, plus a tie that the lower index must win")
-
-
-# Point scores and research directions ------------------------------------------------------------------------
-
-
-def check_my_area_scores(scores: Any, required: Sequence[str] | None = None) -> None:
-    """The student's point scores for several areas: ``{area: {score key: 0..10}}``, covering at least ``required``
-    (default: every area the deck scores)."""
-    exercise = "your point scores"
-    from . import research
-
-    if required is None:
-        required = [area for area, info in research.AREAS.items()
-                    if any(value is not None for value in info["scores"].values())]
-
-    if not isinstance(scores, dict):
-        _fail(exercise, f"my_scores should be a dict {{area: scores}}, got {type(scores).__name__}.")
-    missing = [area for area in required if area not in scores]
-    if missing:
-        _fail(exercise, f"score at least the areas the deck scores: missing {missing}.")
-    for area, area_scores in scores.items():
-        try:
-            research.validate_scores(area_scores)
-        except (ValueError, TypeError) as error:
-            _fail(exercise, f"{area!r}: {error}")
-    _passed(exercise, f"{len(scores)} areas, three scores between 0 and 10 each")
-
-
-def _random_score_tables(exercise: str) -> list[tuple[dict, dict, float, str]]:
-    """Fresh random score tables of several sizes, plus tables built to tie."""
-    pool = ["circuits", "grokking", "backup", "saes", "feature-composition", "modularity", "training-process",
-            "attention-superposition", "probing", "steering"]
-    tables = []
-    for trial, (n_areas, weight) in enumerate([(2, 0.5), (4, 0.25), (7, 1.0), (5, 0.0), (6, 0.75)]):
-        generator = torch.Generator().manual_seed(_seed(exercise, trial))
-        names = [pool[i] for i in torch.randperm(len(pool), generator=generator)[:n_areas].tolist()]
-        draw = lambda: int(torch.randint(0, 11, (1,), generator=generator))  # noqa: E731
-        mine = {name: {key: draw() for key in history.SCORE_KEYS} for name in names}
-        deck = {}
-        for name in names + ["unscored-by-you"]:
-            if float(torch.rand(1, generator=generator)) < 0.25:
-                continue  # an area the deck does not score
-            deck[name] = {key: (None if float(torch.rand(1, generator=generator)) < 0.2 else draw())
-                          for key in history.SCORE_KEYS}
-        tables.append((mine, deck, weight, f"{n_areas} areas, weight_mine={weight}"))
-    # Equal values, different excitement: the more exciting area wins although it is listed second.
-    mine = {"grokking": {"low_hanging_fruit": 6, "excitement": 2, "difficulty": 3},
-            "saes": {"low_hanging_fruit": 3, "excitement": 5, "difficulty": 3}}
-    tables.append((mine, {}, 0.5, "two areas tied on value"))
-    # Equal values and excitement: the area listed first wins.
-    mine = {"modularity": {"low_hanging_fruit": 4, "excitement": 4, "difficulty": 2},
-            "backup": {"low_hanging_fruit": 4, "excitement": 4, "difficulty": 2},
-            "circuits": {"low_hanging_fruit": 1, "excitement": 1, "difficulty": 9}}
-    deck = {"backup": {"low_hanging_fruit": None, "excitement": None, "difficulty": None}}
-    tables.append((mine, deck, 0.5, "two areas tied on value and excitement"))
-    return tables
-
-
-def check_pick_area(fn: Callable) -> None:
-    """``fn(my_scores, deck_scores, weight_mine) -> (best_area, {area: value})`` as ``history.pick_area`` documents."""
-    exercise = "pick_area"
-    _require_own_function(exercise, fn, history.pick_area)
-    import copy
-
-    tables = _random_score_tables(exercise)
-    wrong_values, wrong_picks = 0, 0
-    for mine, deck, weight, label in tables:
-        expected_best, expected_values = history.pick_area(mine, deck, weight)
-        before = copy.deepcopy((mine, deck))
-        result = _call(exercise, fn, mine, deck, weight)
-        if (mine, deck) != before:
-            _fail(exercise, "your function modified the score tables it was given; work on copies.")
-        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
-            _fail(exercise, "return a pair (best_area, values) with values a dict {area: value}.")
-        best, values = result
-        if set(values) != set(mine):
-            _fail(exercise, f"values should have one entry per area you scored ({len(mine)}), got {len(values)} ({label}).")
-        if best not in mine:
-            _fail(exercise, f"the pick {best!r} is not one of the areas you scored ({label}).")
-        try:
-            bad = sum(abs(float(values[a]) - v) > 1e-6 for a, v in expected_values.items())
-        except (TypeError, ValueError):
-            _fail(exercise, f"values should be numbers ({label}).")
-        if bad:
-            wrong_values += 1
-            continue
-        if float(values[best]) < max(float(v) for v in values.values()) - 1e-9:
-            _fail(exercise, f"your pick does not have the largest value among your own values ({label}).")
-        wrong_picks += best != expected_best
-    if wrong_values or wrong_picks:
-        _fail(exercise, f"on {len(tables)} score tables, {wrong_values} have wrong values and {wrong_picks} a wrong pick "
-                        f"(check the weighting, the areas the deck does not score, and the tie rules).")
-    _passed(exercise, f"{len(tables)} score tables: values, the argmax, and both tie rules")

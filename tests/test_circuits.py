@@ -90,3 +90,66 @@ def test_composition_score_properties():
     assert float(circuits.composition_score(2 * A, 3 * B)) == pytest.approx(float(score), rel=1e-5)
     identity = torch.eye(6)
     assert float(circuits.composition_score(identity, identity)) == pytest.approx(6 ** -0.5, rel=1e-5)
+
+
+def test_attribution_is_the_total_first_order_effect(model, pair):
+    """For a layer-0 head, the estimate is the derivative of the metric along (clean - corrupted) through *every*
+    later layer (a finite difference checks it), not only the head's direct path to the logits."""
+    metric = metric_for(pair)
+    approx = circuits.attribution_patch_heads(model, pair.clean, pair.corrupted, metric)
+    name = "blocks.0.attn.hook_z"
+    _, clean_cache = model.run_with_cache(pair.clean)
+    _, corrupted_cache = model.run_with_cache(pair.corrupted)
+    base = float(metric(model(pair.corrupted).detach()))
+    eps = 1e-2
+    for head in range(model.cfg.n_heads):
+        delta = torch.zeros_like(clean_cache[name])
+        delta[:, :, head] = clean_cache[name][:, :, head] - corrupted_cache[name][:, :, head]
+        nudge = [(name, lambda z, hook: z + eps * delta)]
+        nudged = float(metric(model.run_with_hooks(pair.corrupted, fwd_hooks=nudge).detach()))
+        assert (nudged - base) / eps == pytest.approx(float(approx[0, head]) - base, rel=0.05, abs=2e-3)
+    # Layer 0's effect runs through layer 1: its heads' estimates are not all (near) zero.
+    assert float((approx[0] - base).abs().max()) > 0.1
+
+
+def test_attribution_is_exact_for_the_last_layer(model, pair):
+    """No LayerNorm and no MLP: the logits are linear in the last layer's z, so the first-order estimate is exact."""
+    metric = metric_for(pair)
+    exact = circuits.patch_heads(model, pair.clean, pair.corrupted, metric)
+    approx = circuits.attribution_patch_heads(model, pair.clean, pair.corrupted, metric)
+    assert torch.allclose(approx[-1], exact[-1], atol=1e-3)
+
+
+@pytest.mark.parametrize("half_len", [5, 9])
+def test_score_diagonals_cover_the_documented_queries(half_len):
+    """The docstrings' counts: previous-token averages over 2 half_len queries, duplicate-token over half_len + 1
+    (one first-copy query, looking at BOS), induction over half_len + 2 (two first-copy queries)."""
+    seq = 1 + 2 * half_len
+    for score, offset, n_queries, first_copy_queries in [
+        (circuits.previous_token_scores, 1, 2 * half_len, half_len),
+        (lambda p: circuits.duplicate_token_scores(p, half_len), half_len, half_len + 1, 1),
+        (lambda p: circuits.induction_scores(p, half_len), half_len - 1, half_len + 2, 2),
+    ]:
+        # A head that does the job only on first-copy queries (q <= half_len), and attends to BOS elsewhere.
+        pattern = torch.zeros(1, 1, seq, seq)
+        pattern[0, 0, :, 0] = 1.0
+        for q in range(offset, half_len + 1):
+            pattern[0, 0, q, :] = 0.0
+            pattern[0, 0, q, q - offset] = 1.0
+        assert float(score(pattern)) == pytest.approx(first_copy_queries / n_queries)
+
+
+def test_probe_predictions_start_at_the_second_copy():
+    tokens = circuits.probe_batch(3, seed=0)
+    mask = circuits.probe_predictions(tokens)
+    assert mask.shape == (3, 2 * circuits.PROBE_HALF_LEN) and mask.dtype == torch.bool
+    first = int(mask[0].nonzero()[0])
+    assert first == circuits.PROBE_HALF_LEN + 1  # predicts x_2 from the second copy's x_1
+    assert torch.equal(tokens[:, first], tokens[:, 1])  # position half_len + 1 holds x_1 again
+
+
+def test_circuit_studies_cite_their_sources():
+    for study in circuits.CIRCUIT_STUDIES:
+        assert study.source and ("deck" in study.source or "published-results.md" in study.source)
+        assert study.secondary == ("secondary" in study.source)
+    assert len({study.finding for study in circuits.CIRCUIT_STUDIES}) == len(circuits.CIRCUIT_STUDIES)
