@@ -32,3 +32,26 @@ def test_every_exercise_has_a_check_and_every_check_has_points(path):
     assert len(tests) >= len(solutions) > 0
     assert all(m.get("locked") and m.get("points", 0) > 0 for m in tests)
     assert len({m["grade_id"] for m in meta if m}) == len([m for m in meta if m]), "grade_ids must be unique"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.parent.name)
+def test_every_written_question_stays_visible_to_students(path):
+    """nbgrader replaces the whole of a manually graded answer cell with "YOUR ANSWER HERE" in the student
+    version, so the question must sit in the read-only markdown cell just before it, and the answer cell must not
+    carry question text (which students would never see)."""
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        meta = cell.metadata.get("nbgrader", {})
+        if not (cell.cell_type == "markdown" and meta.get("solution") and meta.get("grade")):
+            continue
+        before = nb.cells[i - 1]
+        before_meta = before.metadata.get("nbgrader", {})
+        assert before.cell_type == "markdown" and before_meta.get("locked") and not before_meta.get("solution"), \
+            f"answer cell {meta['grade_id']} of {path.name} must follow a read-only markdown cell holding its question"
+        assert len(before.source.strip()) > 40, f"the cell before {meta['grade_id']} should state the question"
+        assert "YOUR ANSWER HERE" not in cell.source and "**Question" not in cell.source, \
+            f"answer cell {meta['grade_id']} of {path.name} carries question text that students will not see"
+        released = nbformat.read(ROOT / "chapters" / path.parent.name / path.name, as_version=4)
+        index = next(j for j, c in enumerate(released.cells) if c.id == cell.id)
+        assert released.cells[index].source.strip() == "YOUR ANSWER HERE"
+        assert released.cells[index - 1].source == before.source
