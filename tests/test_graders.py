@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from mechinterp_course import circuits, graders, tasks
+from mechinterp_course import circuits, graders
 from mechinterp_course.circuits import previous_token_scores as imported_reference
 
 
