@@ -18,6 +18,7 @@ train NAME`` rebuilds it from its recipe (``mechinterp_course.recipes``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -112,6 +113,7 @@ def make_model(config: ModelConfig | dict, seed: int = 0, device: str = "cpu"):
         warnings.simplefilter("ignore")
         model = TransformerBridge.boot_native(config.bridge_config(seed))
     init_weights(model, seed, config.d_model)
+    model.course_config = asdict(config)  # how to rebuild it: the grader sends models to a kernel this way
     return _to_device(model, device).eval()
 
 
@@ -206,3 +208,19 @@ def load(name: str, device: str = "cpu", zoo_dir: Path | None = None):
 
 def config_dict(config: ModelConfig) -> dict:
     return asdict(config)
+
+
+@functools.lru_cache(maxsize=4)
+def _zoo_state(name: str) -> tuple[dict[str, torch.Tensor], dict]:
+    model, model_card = load(name)
+    return {k: v.clone() for k, v in model.state_dict().items()}, model_card
+
+
+def fresh(name: str):
+    """A pristine copy of a zoo model, whatever a notebook did to the one it loaded (hooks, edited weights): what
+    the checks hand to a student's function. Loads the checkpoint once per process."""
+    state, model_card = _zoo_state(name)
+    model = make_model(model_card["config"], seed=model_card["seed"])
+    model.load_state_dict(state)
+    model.zoo_name = name
+    return model.eval()

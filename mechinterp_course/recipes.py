@@ -44,16 +44,18 @@ INDUCTION_EVAL = dict(batch=64, half_len=30, seed=12345)
 
 
 def induction_metrics(model) -> dict[str, float]:
-    """The numbers an induction model's card records; re-measured by the tests from the shipped checkpoint."""
+    """The numbers an induction model's card records; re-measured by the tests from the shipped checkpoint. (The
+    head scores are chapter 01's exercises: a recipe uses their reference answers.)"""
     from . import circuits
+    from .circuits import reference
 
     d_vocab, half_len = model.cfg.d_vocab, INDUCTION_EVAL["half_len"]
     tokens = tasks.repeated_tokens(INDUCTION_EVAL["batch"], half_len, d_vocab, seed=INDUCTION_EVAL["seed"])
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens)
     losses = circuits.per_token_loss(logits, tokens)  # [batch, pos - 1]
-    scores = circuits.all_head_scores(cache, model.cfg.n_layers, circuits.induction_scores, half_len=half_len)
-    prev = circuits.all_head_scores(cache, model.cfg.n_layers, circuits.previous_token_scores)
+    scores = circuits.all_head_scores(cache, model.cfg.n_layers, reference.induction_scores, half_len=half_len)
+    prev = circuits.all_head_scores(cache, model.cfg.n_layers, reference.previous_token_scores)
     return {
         "repeated_first_half_loss": float(losses[:, :half_len].mean()),
         "repeated_second_half_loss": float(losses[:, half_len + 1 :].mean()),

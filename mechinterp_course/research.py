@@ -28,6 +28,7 @@ import operator
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 SCORE_KEYS = ("low_hanging_fruit", "excitement", "difficulty")
@@ -50,131 +51,199 @@ SCORES_ENV_VAR = "MECHINTERP_SCORES"
 #: How a missing deck score is shown in tables and beside the sliders.
 MISSING = "\u2014"
 
-#: The deck's big areas under the course's short names (the same keys, titles and slides as ``history.AREAS``).
-#:
-#: - ``scores``: the deck's point scores, ``None`` where it gives none; ``score_quote`` / ``score_slide``: the line they
-#:   were read from, verbatim, and its first slide (the line repeats on the following slides of the area);
-#: - ``summary``: the deck's one-line background or main idea for the area;
-#: - ``advice``: the deck's "how to choose a good research direction", verbatim, one line per bullet (``None`` if none);
-#: - ``remark``: the deck's closing aside for the area, verbatim (``None`` if none);
-#: - ``main_work``: the work the deck lists for the area, verbatim (for circuits: the circuit analyses done on "big
-#:   models"; for attention superposition: the timeline of slides 72-78).
-AREAS: dict[str, dict[str, Any]] = {
-    "circuits": {
-        "title": "Circuit analysis",
-        "slides": (19, 27),
-        "scores": {"low_hanging_fruit": 2, "excitement": 2, "difficulty": 4},
-        "score_quote": "LHF 2/10, Excitement 2/10, Difficulty 4/10",
-        "score_slide": 25,
-        "summary": "Arguably, the point of doing a bunch of circuit analyses on a bunch of models is to gather data on "
-                   "the typical phenomena you’ll encounter",
-        "advice": "We’re done doing random circuit analyses IMO. If you still want to do circuit analysis, "
-                  "you should explicitly be looking for counterexamples, which takes a more conceptually motivated "
-                  "approach (e.g. inspired by specifics of the architecture)",
-        "remark": "Far too many people",
-        "main_work": [
-            "pronoun selection", "“greater than”", "indirect object identification",
-            "ORION (question answering, type hint understanding, factual recall, variable binding, translation, "
-            "induction)",
-            "docstring", "time", "arithmetic", "multiple choice QA",
-        ],
-    },
-    "grokking": {
-        "title": "Grokking",
-        "slides": (28, 33),
-        "scores": {"low_hanging_fruit": 6, "excitement": 4, "difficulty": 5},
-        "score_quote": "LHF 6/10, excitement 4/10, difficulty 5/10",
-        "score_slide": 31,
-        "summary": "Main idea: 100% test solution means a plausibly clean ground truth exists, and it’s tractable to "
-                   "fully reverse engineer it (still extremely hard). Secondary idea: studying the nature of phase "
-                   "transitions.",
-        "advice": "Think “counterexamples in topology”\n"
-                  "Constructing counterintuitive toy models is the most useful work in this area TBH",
-        "remark": None,
-        "main_work": [
+@dataclass(frozen=True)
+class Scores:
+    """The deck's three point scores for an area, out of 10; ``None`` where the deck gives none."""
+
+    low_hanging_fruit: int | None
+    excitement: int | None
+    difficulty: int | None
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {key: getattr(self, key) for key in SCORE_KEYS}
+
+    @property
+    def given(self) -> bool:
+        return any(value is not None for value in self.as_dict().values())
+
+
+@dataclass(frozen=True)
+class Area:
+    """One of the deck's big areas (slides 19-78), under the course's short name ``key``.
+
+    - ``scores``: the deck's point scores; ``score_quote`` / ``score_slide``: the line they were read from, verbatim,
+      and its first slide (the line repeats on the area's following slides);
+    - ``summary``: the deck's one-line background or main idea; ``advice``: its "how to choose a good research
+      direction", verbatim, one line per bullet; ``remark``: its closing aside (each ``None`` where it has none);
+    - ``main_work``: the work the deck lists for the area, verbatim (for circuits: the circuit analyses done on "big
+      models"; for attention superposition: the timeline of slides 72-78);
+    - ``chapter``: the course chapter that teaches the area (``None`` where no chapter does).
+    """
+
+    key: str
+    title: str
+    slides: tuple[int, int]
+    chapter: str | None
+    scores: Scores
+    score_quote: str | None
+    score_slide: int | None
+    summary: str | None
+    advice: str | None
+    remark: str | None
+    main_work: tuple[str, ...]
+
+    @property
+    def slide_range(self) -> str:
+        first, last = self.slides
+        return f"slide {first}" if first == last else f"slides {first}-{last}"
+
+
+#: The deck's big areas, in its order: the course's one table of them (chapter 00's maps, every chapter's last
+#: section and the score widget read it).
+AREAS: dict[str, Area] = {
+    "circuits": Area(
+        key="circuits",
+        title="Circuit analysis",
+        slides=(19, 27),
+        chapter="01",
+        scores=Scores(low_hanging_fruit=2, excitement=2, difficulty=4),
+        score_quote="LHF 2/10, Excitement 2/10, Difficulty 4/10",
+        score_slide=25,
+        summary=("Arguably, the point of doing a bunch of circuit analyses on a bunch of models is to gather data on "
+                 "the typical phenomena you’ll encounter"),
+        advice=("We’re done doing random circuit analyses IMO. If you still want to do circuit analysis, you should "
+                "explicitly be looking for counterexamples, which takes a more conceptually motivated approach (e.g. "
+                "inspired by specifics of the architecture)"),
+        remark="Far too many people",
+        main_work=(
+            "pronoun selection",
+            "“greater than”",
+            "indirect object identification",
+            "ORION (question answering, type hint understanding, factual recall, variable binding, "
+            "translation, induction)",
+            "docstring",
+            "time",
+            "arithmetic",
+            "multiple choice QA",
+        ),
+    ),
+    "grokking": Area(
+        key="grokking",
+        title="Grokking",
+        slides=(28, 33),
+        chapter="02",
+        scores=Scores(low_hanging_fruit=6, excitement=4, difficulty=5),
+        score_quote="LHF 6/10, excitement 4/10, difficulty 5/10",
+        score_slide=31,
+        summary=("Main idea: 100% test solution means a plausibly clean ground truth exists, and it’s tractable to "
+                 "fully reverse engineer it (still extremely hard). Secondary idea: studying the nature of phase "
+                 "transitions."),
+        advice=(
+            "Think “counterexamples in topology”\n"
+            "Constructing counterintuitive toy models is the most useful work in this area TBH"
+        ),
+        remark=None,
+        main_work=(
             "[May 2022] Towards Understanding Grokking",
             "[Aug 2022] Progress Measure for Grokking via Mechanistic Interpretability",
             "[May 2023] Grokking of Hierarchical Structure in Vanilla Transformers",
             "[Nov 2023] Feature emergence via margin maximization",
-        ],
-    },
-    "backup": {
-        "title": "Backup behavior",
-        "slides": (34, 36),
-        "scores": {"low_hanging_fruit": None, "excitement": None, "difficulty": None},
-        "score_quote": None,
-        "score_slide": None,
-        "summary": "Discovered in the Interpretability in the Wild: Indirect Object Identification",
-        "advice": None,
-        "remark": "Pretty important",
-        "main_work": ["Hydra Effect", "Comprehensively understanding an attention head"],
-    },
-    "saes": {
-        "title": "SAEs & Dictionary learning",
-        "slides": (37, 44),
-        "scores": {"low_hanging_fruit": 10, "excitement": 6, "difficulty": 9},
-        "score_quote": "LHF 10/10, excitement 6/10, difficulty 9/10",
-        "score_slide": 40,
-        "summary": "Main idea: Lets us decompose arbitrary activation spaces into a combination of few feature "
-                   "directions. Sparsity makes doing interp with this realistic. Good sparsity (kind of) implies "
-                   "interpretability",
-        "advice": "have a plan beyond “train SAEs” and “improve automated circuit discovery”\n"
-                  "DON’T rely on existing mech interp literature: it was built for a world without SAEs\n"
-                  "Take inspiration from outside domains to maximize the variance of ideas tried\n"
-                  "Ask an expert in sparse coding (from old literature), ask them “what do we do next?”",
-        "remark": "Note: SAEs don’t solve mech interp",
-        "main_work": [
+        ),
+    ),
+    "backup": Area(
+        key="backup",
+        title="Backup behavior",
+        slides=(34, 36),
+        chapter="03",
+        scores=Scores(low_hanging_fruit=None, excitement=None, difficulty=None),
+        score_quote=None,
+        score_slide=None,
+        summary="Discovered in the Interpretability in the Wild: Indirect Object Identification",
+        advice=None,
+        remark="Pretty important",
+        main_work=(
+            "Hydra Effect",
+            "Comprehensively understanding an attention head",
+        ),
+    ),
+    "saes": Area(
+        key="saes",
+        title="SAEs & Dictionary learning",
+        slides=(37, 44),
+        chapter="04",
+        scores=Scores(low_hanging_fruit=10, excitement=6, difficulty=9),
+        score_quote="LHF 10/10, excitement 6/10, difficulty 9/10",
+        score_slide=40,
+        summary=("Main idea: Lets us decompose arbitrary activation spaces into a combination of few feature "
+                 "directions. Sparsity makes doing interp with this realistic. Good sparsity (kind of) implies "
+                 "interpretability"),
+        advice=(
+            "have a plan beyond “train SAEs” and “improve automated circuit discovery”\n"
+            "DON’T rely on existing mech interp literature: it was built for a world without SAEs\n"
+            "Take inspiration from outside domains to maximize the variance of ideas tried\n"
+            "Ask an expert in sparse coding (from old literature), ask them “what do we do next?”"
+        ),
+        remark="Note: SAEs don’t solve mech interp",
+        main_work=(
             "[April 2023] Emergence of Sparse Representations from Noise",
             "[July 2023] (tentatively) Found 600+ Monosemantic Features in a Small LM Using Sparse Autoencoders",
             "[Sept 2023] Interpreting OpenAI's Whisper",
             "[Oct 2023] Towards Monosemanticity: Decomposing Language Models With Dictionary Learning",
-        ],
-    },
-    "feature-composition": {
-        "title": "Feature composition",
-        "slides": (45, 45),
-        "scores": {"low_hanging_fruit": None, "excitement": None, "difficulty": None},
-        "score_quote": None,
-        "score_slide": None,
-        "summary": "AKA computation in superposition, feature circuits",
-        "advice": None,
-        "remark": None,
-        "main_work": [],
-    },
-    "modularity": {
-        "title": "Modularity",
-        "slides": (46, 46),
-        "scores": {"low_hanging_fruit": None, "excitement": None, "difficulty": None},
-        "score_quote": None,
-        "score_slide": None,
-        "summary": "AKA circuit composition, how do we combine the information from all these existing circuit studies",
-        "advice": None,
-        "remark": None,
-        "main_work": [],
-    },
-    "training-process": {
-        "title": "The training process",
-        "slides": (47, 47),
-        "scores": {"low_hanging_fruit": None, "excitement": None, "difficulty": None},
-        "score_quote": None,
-        "score_slide": None,
-        "summary": None,  # the slide is an empty "a)"
-        "advice": None,
-        "remark": None,
-        "main_work": [],
-    },
-    "attention-superposition": {
-        "title": "Attention superposition",
-        "slides": (48, 78),
-        "scores": {"low_hanging_fruit": None, "excitement": None, "difficulty": None},
-        "score_quote": None,
-        "score_slide": None,
-        "summary": "Attention superposition occurs when several heads’ QK circuits learn to form destructive "
-                   "interference patterns with each other to encode hierarchical dependencies, so that the OV maps "
-                   "aren’t actually effectively linear",
-        "advice": None,
-        "remark": "Why is it so hard? Because we don’t actually know what an “attention feature” is",
-        "main_work": [
+        ),
+    ),
+    "feature-composition": Area(
+        key="feature-composition",
+        title="Feature composition",
+        slides=(45, 45),
+        chapter=None,
+        scores=Scores(low_hanging_fruit=None, excitement=None, difficulty=None),
+        score_quote=None,
+        score_slide=None,
+        summary="AKA computation in superposition, feature circuits",
+        advice=None,
+        remark=None,
+        main_work=(),
+    ),
+    "modularity": Area(
+        key="modularity",
+        title="Modularity",
+        slides=(46, 46),
+        chapter=None,
+        scores=Scores(low_hanging_fruit=None, excitement=None, difficulty=None),
+        score_quote=None,
+        score_slide=None,
+        summary="AKA circuit composition, how do we combine the information from all these existing circuit studies",
+        advice=None,
+        remark=None,
+        main_work=(),
+    ),
+    "training-process": Area(
+        key="training-process",
+        title="The training process",
+        slides=(47, 47),
+        chapter=None,
+        scores=Scores(low_hanging_fruit=None, excitement=None, difficulty=None),
+        score_quote=None,
+        score_slide=None,
+        summary=None,
+        advice=None,
+        remark=None,
+        main_work=(),
+    ),
+    "attention-superposition": Area(
+        key="attention-superposition",
+        title="Attention superposition",
+        slides=(48, 78),
+        chapter="05",
+        scores=Scores(low_hanging_fruit=None, excitement=None, difficulty=None),
+        score_quote=None,
+        score_slide=None,
+        summary=("Attention superposition occurs when several heads’ QK circuits learn to form destructive interference "
+                 "patterns with each other to encode hierarchical dependencies, so that the OV maps aren’t actually "
+                 "effectively linear"),
+        advice=None,
+        remark="Why is it so hard? Because we don’t actually know what an “attention feature” is",
+        main_work=(
             "[Feb 2023] Chris Olah speculates that attention heads can exhibit superposition",
             "[May 2023] May update: Anthropic “constructs” toy model. OV-incoherence is bad terminology",
             "[July 2023] July update: previous example is not a real toy model of attn superposition",
@@ -184,8 +253,8 @@ AREAS: dict[str, dict[str, Any]] = {
             "[Oct 2023] Towards monosemanticity: future work comments at the bottom",
             "[Jan 2024] Anthropic update: they made progress. Extremely preliminary results",
             "[Jan 2024] Toward A Mathematical Framework for Computation in Superposition",
-        ],
-    },
+        ),
+    ),
 }
 
 
@@ -209,22 +278,20 @@ def _check_area(area: Any) -> str:
 
 def deck_scores(area: str) -> dict[str, int | None]:
     """The deck's three scores for ``area`` (``None`` where the deck gives none), as a fresh dict."""
-    return dict(AREAS[_check_area(area)]["scores"])
+    return AREAS[_check_area(area)].scores.as_dict()
 
 
 def advice(area: str) -> str:
     """The deck's research advice for ``area``, ready to ``print``: a heading with the slides, the advice one line
     per bullet, and the deck's closing remark; says so plainly when the deck gives no advice."""
     info = AREAS[_check_area(area)]
-    first, last = info["slides"]
-    slides = f"slide {first}" if first == last else f"slides {first}-{last}"
-    if not info["advice"]:
-        text = f"The deck gives no research advice for {info['title']} ({slides})."
+    if not info.advice:
+        text = f"The deck gives no research advice for {info.title} ({info.slide_range})."
     else:
-        lines = "\n".join(f"  - {line}" for line in info["advice"].splitlines())
-        text = f"{info['title']}: how to choose a good research direction ({slides})\n{lines}"
-    if info["remark"]:
-        text += f"\n  The deck adds: {info['remark']}"
+        lines = "\n".join(f"  - {line}" for line in info.advice.splitlines())
+        text = f"{info.title}: how to choose a good research direction ({info.slide_range})\n{lines}"
+    if info.remark:
+        text += f"\n  The deck adds: {info.remark}"
     return text
 
 
@@ -374,9 +441,9 @@ def score_widget(area: str, path: str | Path | None = None):
                                    style={"description_width": "initial"},
                                    layout=widgets.Layout(width="420px"))
         sliders[key] = slider
-        rows.append(widgets.HBox([slider, widgets.Label(_deck_label(info["scores"][key]))]))
+        rows.append(widgets.HBox([slider, widgets.Label(_deck_label(getattr(info.scores, key)))]))
     save_button = widgets.Button(description="Save", button_style="primary", icon="save",
-                                 tooltip=f"save your scores for {info['title']} to {file}")
+                                 tooltip=f"save your scores for {info.title} to {file}")
 
     def save(_button=None) -> None:
         output.outputs = ()
@@ -386,11 +453,10 @@ def score_widget(area: str, path: str | Path | None = None):
             output.append_stderr(f"not saved: {error}\n")
             return
         values = ", ".join(f"{SCORE_LABELS[key]} {sliders[key].value}" for key in SCORE_KEYS)
-        output.append_stdout(f"saved {info['title']}: {values} -> {saved_to}\n")
+        output.append_stdout(f"saved {info.title}: {values} -> {saved_to}\n")
 
     save_button.on_click(save)
-    first, last = info["slides"]
-    heading = widgets.HTML(f"<b>{info['title']}</b> (deck slides {first}-{last})")
+    heading = widgets.HTML(f"<b>{info.title}</b> (deck {info.slide_range})")
     form = widgets.VBox([heading, *rows, save_button, output])
     form.sliders, form.save_button, form.output, form.area = sliders, save_button, output, area
     return form
@@ -425,7 +491,7 @@ def score_table(area_or_areas: str | Sequence[str], my_scores: Mapping[str, Any]
                             f"{type(mine_by_area).__name__}.")
     rows = {}
     for area in areas:
-        deck = AREAS[area]["scores"]
+        deck = AREAS[area].scores.as_dict()
         mine = mine_by_area.get(area) or {}
         if not isinstance(mine, Mapping):
             raise TypeError(f"my_scores for {area!r} should be a dict of scores, got {type(mine).__name__}.")
@@ -442,3 +508,25 @@ def score_table(area_or_areas: str | Sequence[str], my_scores: Mapping[str, Any]
     table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns)
     table.index.name = "area"
     return table
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The check every chapter's last section runs on the student's own scores
+# --------------------------------------------------------------------------------------------------------------
+
+
+def scores_check(chapter: str):
+    """The check ``check.my_scores(my_scores)`` of a chapter's last section (``chapter``: its package, for the
+    exercise's number): the student's three scores for the chapter's area are whole numbers from 0 to 10. There is
+    no right answer; the check makes sure they can be saved and compared."""
+    from .checking import check, fail
+
+    @check("my_scores", functions=0, chapter=chapter)
+    def my_scores(scores: Any) -> str:
+        try:
+            validate_scores(scores)
+        except (ValueError, TypeError) as error:
+            fail(str(error))
+        return "three scores between 0 and 10"
+
+    return my_scores

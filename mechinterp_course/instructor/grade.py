@@ -1,6 +1,7 @@
-"""Autograde a batch of submitted notebooks with nbgrader, without letting one broken submission stop the batch.
+"""Grade a batch of submitted notebooks: sandboxed, in parallel, resumable, and with verdicts no student code
+can touch.
 
-    report = grade("circuits", ["downloads/"], "grading/")
+    report = grade("circuits", ["downloads/"], "grading/", jobs=2)
 
 Input. ``paths`` are notebooks, folders of notebooks (one ``.ipynb`` per student, as an LMS downloads them), or an
 nbgrader tree ``submitted/<student>/<chapter>/<notebook>.ipynb`` (the folder ``submitted`` itself, its parent, or
@@ -20,60 +21,56 @@ Output (``out_dir`` is an ordinary nbgrader course directory, so ``jupyter lab``
     problems.csv                              per student: the file graded, scores and every problem found
     feedback/<student>/<chapter>/<chapter>.html  nbgrader generate_feedback, one file per student
     submitted/, autograded/, source/, release/   nbgrader's own folders; submitted/ holds the executed notebooks
-    nbgrader_config.py                        the configuration below, for the formgrader
+    nbgrader_config.py                        the configuration below, for the formgrader and nbgrader's commands
+    .grading/                                 the grader's own state: executed notebooks (for resuming), the key
+                                              that seals them, the sandboxes' sockets
 
-Design: two stages, so that student code never runs where the grades live.
+The folder is made private to the grading user (mode 700): it holds every student's work.
 
-1. Stage 1 runs each student's notebook in a fresh kernel whose working directory is a private temporary folder
-   (a copy of the released chapter folder, nothing else). Before it runs, the notebook is repaired against the
-   released one (:func:`repair_notebook`: cells that lost their nbgrader metadata, deleted test cells) and sanitised
-   by nbgrader's own preprocessors (``OverwriteCells`` restores edited test cells, hidden tests included, from the
-   gradebook). Execution (:func:`execute_notebook`) has a per-cell timeout and survives a dead kernel: the cell that
-   killed it gets an error output, a new kernel replays the cells before it and carries on. Before grading, stderr
-   output is dropped from test cells (see below).
-2. Stage 2 runs ``nbgrader autograde`` in ``out_dir`` on the executed notebooks with nbgrader's ``Execute``
-   preprocessor disabled (``Execute.enabled = False``) and ``ClearOutput`` left out of
-   ``Autograde.sanitize_preprocessors``: the scores come from the recorded outputs and no student code runs again.
-   Then ``nbgrader generate_feedback`` and ``nbgrader export``.
+How a notebook is graded (:mod:`.execute`, :mod:`.judge`, :mod:`.sandbox`):
 
-Why the stderr rule. nbgrader 0.9.6 scores a test cell zero if any output is an error *or a stderr stream*
-(``nbgrader.utils.determine_grade``), so a harmless ``UserWarning`` raised inside a check costs the student the
-points. A failing check always raises, which gives an ``error`` output, so dropping stderr streams from test cells
-loses no failure.
+1. It is read, repaired against the released notebook (:func:`repair_notebook`: cells that lost their nbgrader
+   metadata, deleted test cells) and sanitised by nbgrader's own preprocessors (``OverwriteCells`` restores edited
+   test cells, hidden tests included, from the gradebook). No student code runs yet.
+2. Its code cells run in a fresh kernel in a box: its own processes and user, no network, a filesystem where the
+   solutions, the reference answers, the checks, the gradebook and the other submissions do not exist, and limits
+   on memory, processes, file size and CPU time. Its test cells never run there: the grader runs each check in its
+   own process, calls the student's functions in the kernel, and writes the cell's output itself.
+3. The executed notebook is sealed (an HMAC with a key in ``.grading/``) and saved at once, so that an interrupted
+   batch resumes where it stopped: ``grade`` again on the same batch runs only what is missing or changed.
+4. ``nbgrader autograde`` scores the recorded outputs (nbgrader's ``Execute`` is disabled and ``ClearOutput`` left
+   out); a preprocessor refuses any notebook without a valid seal, so nbgrader's own commands in ``out_dir`` (the
+   formgrader's Autograde button, ``nbgrader autograde``) grade correctly or refuse with a message that points
+   here, never score a notebook that did not run. Then ``nbgrader generate_feedback`` and ``nbgrader export``.
 
-Why hidden tests need care in feedback. nbgrader 0.9.6's ``GenerateFeedback`` shows test cells as the autograder
-ran them, hidden tests included, and error outputs with full tracebacks (which quote the test code). The feedback
-here runs :class:`HideHiddenTests` and :class:`ShortTracebacks` first: test cells lose their hidden region and their
-tracebacks shrink to ``ExceptionName: message``.
+``jobs`` notebooks are graded at once (default: the machine's cores), each kernel with ``cores / jobs`` threads.
+
+Hidden tests in feedback. nbgrader 0.9.6's ``GenerateFeedback`` shows test cells as the autograder ran them,
+hidden tests included, and error outputs with full tracebacks. The feedback here runs :class:`HideHiddenTests` and
+:class:`ShortTracebacks` first: test cells lose their hidden region and their tracebacks shrink to
+``ExceptionName: message``.
 
 Every problem found (a timeout, a dead kernel, a deleted or edited test cell, unreadable JSON, repaired metadata,
-a wrong file name) is listed in ``problems.csv`` and in a markdown cell the grader adds at the top of the student's
-notebook, so it shows in the feedback; the broken cell itself gets an error output saying what happened.
-
-The kernel. Notebooks run in a ``python3`` kernel that is always this interpreter's ipykernel
-(``sys.executable -m ipykernel_launcher``), whatever kernelspecs the machine has (:func:`_kernel_classes`): the
-grader and the student code then see the same installed course, and the tests need no kernelspec set-up.
-
-What this does not do. It is not a security sandbox: student code runs as the grading user and could reach any
-file by absolute path. Relative paths land in the private folder, the gradebook is snapshotted before student code
-runs and restored if it changed, and the kernel's whole process group is killed after each notebook; for hostile
-classes, run ``grade`` inside a container.
+a wrong file name, code that looks like an attempt to get around the grader) is listed in ``problems.csv`` and in a
+markdown cell the grader adds at the top of the student's notebook, so it shows in the feedback.
 """
 
 from __future__ import annotations
 
-import contextlib
+import concurrent.futures
 import copy
 import csv
+import hashlib
+import hmac
 import io
+import json
 import math
+import multiprocessing
 import os
 import re
+import secrets
 import shutil
-import signal
-import subprocess
-import sys
-import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,20 +78,15 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-from .notebooks import (CourseError, captured_nbgrader_log, find_course_dir, generate_release, last_error,
-                        nbgrader_environment, nbgrader_logger, resolve_chapter, short_name)
+from . import execute, sandbox
+from .build import (CourseError, PACKAGE, captured_nbgrader_log, find_course_dir, generate_release, last_error,
+                    nbgrader_environment, nbgrader_logger, resolve_chapter, short_name)
+from .execute import DEFAULT_TIMEOUT_S, DELETED_MARK, error_output, is_test
 
-#: Per-cell limit (seconds). Every cell of the course's chapters runs in well under this on a laptop CPU; an
-#: infinite loop costs one timeout, then the kernel is interrupted and grading goes on.
-DEFAULT_TIMEOUT_S = 120
-#: How long a new kernel may take to start (seconds); generous, because grading machines are often busy.
-KERNEL_STARTUP_TIMEOUT_S = 120
-#: A notebook that kills or hangs its kernel more often than this is not run further (its later cells score zero).
-MAX_KERNEL_RESTARTS = 3
-#: Output kept per cell while executing (characters of JSON), so a print loop cannot fill the grader's memory.
-MAX_OUTPUT_CHARS_PER_CELL = 200_000
-#: The kernel name nbclient is given; the kernel itself is always this interpreter (see _kernel_classes).
-KERNEL_NAME = "python3"
+#: The grader's own state in ``out_dir``: executed notebooks, the seal key, the sandboxes' folders.
+STATE_DIR = ".grading"
+SEAL_KEY = "seal.key"
+SEAL_METADATA = "mechinterp_grading"
 
 GRADEBOOK = "gradebook.db"
 GRADES_CSV = "grades.csv"
@@ -102,23 +94,22 @@ PROBLEMS_CSV = "problems.csv"
 #: A hidden-test region (nbgrader's markers); a test cell that still has one (e.g. a copy of the solution notebook)
 #: is not "edited".
 HIDDEN_TESTS = re.compile(r"^[^\n]*BEGIN HIDDEN TESTS.*?END HIDDEN TESTS[^\n]*\n?", re.DOTALL | re.MULTILINE)
-#: Metadata key on cells the grader inserted in place of a deleted test cell (removed before stage 2).
-DELETED_MARK = "mechinterp_deleted"
 
 #: Stage 2 and the formgrader's configuration; also written to ``out_dir/nbgrader_config.py``.
 NBGRADER_SETTINGS = {
     # nbgrader's default sanitize list minus ClearOutput: the outputs are the stage-1 results being graded.
     "Autograde": {"sanitize_preprocessors": [
+        "mechinterp_course.instructor.grade.RequireGraded",
         "nbgrader.preprocessors.DeduplicateIds",
         "nbgrader.preprocessors.OverwriteKernelspec",
         "nbgrader.preprocessors.OverwriteCells",
         "nbgrader.preprocessors.CheckCellMetadata",
     ]},
-    # Student code ran in stage 1, in a private folder; it must never run in the course directory.
+    # Student code ran in a sandbox; it must never run in the course directory.
     "Execute": {"enabled": False},
     "GenerateFeedback": {"preprocessors": [
-        "mechinterp_course.autograde.HideHiddenTests",
-        "mechinterp_course.autograde.ShortTracebacks",
+        "mechinterp_course.instructor.grade.HideHiddenTests",
+        "mechinterp_course.instructor.grade.ShortTracebacks",
         "nbgrader.preprocessors.GetGrades",
         "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
     ]},
@@ -155,6 +146,8 @@ class GradeReport:
     problems_csv: Path
     students: list[StudentResult]
     warnings: list[str] = field(default_factory=list)  # problems with the batch rather than one student
+    protections: list[str] = field(default_factory=list)  # what the sandbox enforced (once per batch)
+    missing_protections: list[str] = field(default_factory=list)  # what it could not
 
     def __getitem__(self, student_id: str) -> StudentResult:
         for result in self.students:
@@ -268,17 +261,6 @@ def _nbgrader(cell) -> dict:
     return cell.get("metadata", {}).get("nbgrader") or {}
 
 
-def _is_test(cell) -> bool:
-    """An autograded test cell: graded code (nbgrader's "autograder tests")."""
-    meta = _nbgrader(cell)
-    return cell.get("cell_type") == "code" and bool(meta.get("grade")) and not meta.get("solution")
-
-
-def _label(cell, index: int) -> str:
-    grade_id = _nbgrader(cell).get("grade_id")
-    return f"cell {index + 1} ({grade_id})" if grade_id else f"cell {index + 1}"
-
-
 def _set_cell_type(cell: NotebookNode, cell_type: str) -> None:
     if cell.cell_type == cell_type:
         return
@@ -288,10 +270,6 @@ def _set_cell_type(cell: NotebookNode, cell_type: str) -> None:
     else:
         cell.pop("outputs", None)
         cell.pop("execution_count", None)
-
-
-def _error_output(ename: str, evalue: str) -> NotebookNode:
-    return nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
 
 
 def read_submission(path: Path) -> NotebookNode:
@@ -400,7 +378,7 @@ def repair_notebook(nb: NotebookNode, release: NotebookNode) -> list[str]:
                      f"re-created) and were matched to the released notebook"
                      + (f", among them {', '.join(graded)}" if graded else ""))
     for grade_id in edited:
-        kind = "test cell" if _is_test(rel[by_grade_id[grade_id]]) else "read-only cell"
+        kind = "test cell" if is_test(rel[by_grade_id[grade_id]]) else "read-only cell"
         notes.append(f"{kind} {grade_id} had been edited; it was restored to the course's version")
 
     positions = list(match)
@@ -411,7 +389,7 @@ def repair_notebook(nb: NotebookNode, release: NotebookNode) -> list[str]:
         at = before[-1] + 1 if before else 0
         cell = copy.deepcopy(ref)
         grade_id = _nbgrader(ref)["grade_id"]
-        if _is_test(ref):
+        if is_test(ref):
             cell.metadata[DELETED_MARK] = True
             notes.append(f"test cell {grade_id} was deleted from the notebook: it was not run and scores zero")
         else:
@@ -438,162 +416,17 @@ def _empty_submission(release: NotebookNode, reason: str) -> NotebookNode:
     """What an unreadable or missing submission is graded as: the released notebook, with every test failed."""
     nb = copy.deepcopy(release)
     for cell in nb.cells:
-        if _is_test(cell):
+        if is_test(cell):
             cell.metadata[DELETED_MARK] = True
     nb.metadata["mechinterp_empty_reason"] = reason
     return nb
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Stage 1b: execution (the only place student code runs)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _kernel_classes():
-    """Built on first use: importing jupyter_client and nbclient costs about a second."""
-    from jupyter_client.kernelspec import KernelSpec
-    from jupyter_client.manager import AsyncKernelManager
-    from nbclient import NotebookClient
-
-    class KernelManager(AsyncKernelManager):
-        """Always start this interpreter's ipykernel, whatever ``python3`` kernelspec the machine has.
-
-        Why: a user-wide kernelspec (``~/.local/share/jupyter/kernels/python3``) can point at another Python without
-        the course installed, and every student would then score zero with ``ModuleNotFoundError``.
-        """
-
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self._kernel_spec = KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                                           display_name="Python 3 (grading)", language="python")
-
-    class Client(NotebookClient):
-        """nbclient with a cap on the output kept per cell (a kernel message can carry megabytes of text)."""
-
-        def output(self, outs, msg, display_id, cell_index):
-            if getattr(self, "_cut", None) is None:
-                self._cut = set()
-            if cell_index in self._cut:
-                return None
-            used = sum(len(str(o)) for o in outs)
-            out = super().output(outs, msg, display_id, cell_index)
-            if out is not None and used + len(str(out)) > MAX_OUTPUT_CHARS_PER_CELL:
-                self._cut.add(cell_index)
-                if out.get("output_type") == "stream":
-                    out.text = out.text[:max(0, MAX_OUTPUT_CHARS_PER_CELL - used)]
-                elif out in outs:
-                    outs.remove(out)
-                outs.append(nbformat.v4.new_output("stream", name="stdout",
-                                                   text=f"\n[output cut at {MAX_OUTPUT_CHARS_PER_CELL} characters]\n"))
-            return out
-
-    return KernelManager, Client
-
-
-@contextlib.contextmanager
-def _killing_process_group(client):
-    """On the way out, SIGKILL the kernel's process group: jupyter_client starts each kernel in a new session, so
-    this also ends what the student's code started (``subprocess.Popen``, ``multiprocessing``) and left running.
-    A kernel that died on its own is otherwise never signalled, and its children would outlive the grading."""
-    provisioner = getattr(client.km, "provisioner", None)
-    pgid = getattr(provisioner, "pgid", None)
-    try:
-        yield
-    finally:
-        if pgid and hasattr(os, "killpg") and pgid != os.getpgrp():
-            with contextlib.suppress(OSError):
-                os.killpg(pgid, signal.SIGKILL)
-
-
-def _timeout_error(timeout: float) -> dict:
-    message = f"this cell ran for more than {timeout:g} s and was stopped"
-    return {"ename": "CellTimeoutError", "evalue": message, "traceback": [f"CellTimeoutError: {message}"]}
-
-
-def execute_notebook(nb: NotebookNode, work_dir: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT_S) -> list[str]:
-    """Run the notebook's code cells in order in a fresh kernel (working directory ``work_dir``); returns notes.
-
-    Cells marked :data:`DELETED_MARK` are not run. A cell that runs past ``timeout`` is interrupted (nbgrader's
-    behaviour) and gets a ``CellTimeoutError`` output. A cell that kills the kernel (``os._exit``, a segfault,
-    running out of memory) or leaves it unresponsive gets an error output; a new kernel replays the cells before
-    it (outputs discarded) and goes on with the next one, at most :data:`MAX_KERNEL_RESTARTS` times.
-    """
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
-    timeout = max(1, math.ceil(timeout))  # nbclient takes whole seconds
-    KernelManager, Client = _kernel_classes()
-    notes: list[str] = []
-    todo = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and not c.metadata.get(DELETED_MARK)]
-    broken: set[int] = set()  # cells that killed or hung a kernel: never run again
-    done = 0  # how many of `todo` have run
-    restarts = 0
-    env = dict(os.environ, NBGRADER_EXECUTION="autograde")
-
-    def record_timeout(cell, cell_index, execute_reply):
-        content = execute_reply.get("content", {})
-        if content.get("status") == "error" and content.get("ename") == "CellTimeoutError":
-            if not any(o.get("ename") == "CellTimeoutError" for o in cell.outputs):
-                cell.outputs.append(nbformat.v4.new_output("error", **_timeout_error(timeout)))
-
-    while done < len(todo):
-        client = Client(nb, timeout=timeout, kernel_name=KERNEL_NAME, kernel_manager_class=KernelManager,
-                        allow_errors=True, interrupt_on_timeout=True, error_on_timeout=_timeout_error(timeout),
-                        raise_on_iopub_timeout=True, startup_timeout=KERNEL_STARTUP_TIMEOUT_S,
-                        shutdown_kernel="immediate", record_timing=False, on_cell_executed=record_timeout,
-                        resources={"metadata": {"path": str(work_dir)}}, log=nbgrader_logger())
-        current = None
-        try:
-            with client.setup_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), \
-                    _killing_process_group(client):
-                for i in todo[:done]:
-                    if i not in broken:
-                        current = ("replay", i)
-                        client.execute_cell(copy.deepcopy(nb.cells[i]), i)
-                while done < len(todo):
-                    i = todo[done]
-                    current = ("run", i)
-                    client.execute_cell(nb.cells[i], i)
-                    if any(o.get("ename") == "CellTimeoutError" for o in nb.cells[i].outputs):
-                        notes.append(f"{_label(nb.cells[i], i)} ran for more than {timeout:g} s and was stopped")
-                    done += 1
-        except (DeadKernelError, CellTimeoutError) as error:
-            if current is None:
-                raise
-            what, i = current
-            died = isinstance(error, DeadKernelError)
-            reason = "the kernel died" if died else "the kernel stopped responding"
-            broken.add(i)
-            if what == "run":
-                if died:
-                    ename, why = "DeadKernelError", "the kernel died while running this cell (os._exit, a crash, " \
-                                                   "too much memory ...)"
-                else:
-                    ename, why = "KernelUnresponsive", (f"this cell ran for more than {timeout:g} s and did not stop "
-                                                        f"when interrupted (does it catch KeyboardInterrupt?)")
-                nb.cells[i].outputs.append(_error_output(ename, f"{why}; later cells ran in a restarted kernel"))
-                done += 1
-            notes.append(f"{reason} {'while running' if what == 'run' else 'again when re-running'} "
-                         f"{_label(nb.cells[i], i)}")
-            restarts += 1
-            if restarts > MAX_KERNEL_RESTARTS:
-                for i in todo[done:]:
-                    nb.cells[i].outputs = [_error_output("NotRun", "not run: the kernel died too often")]
-                notes.append(f"the kernel died {restarts} times; the remaining {len(todo) - done} code cells were "
-                             f"not run")
-                break
-        except Exception as error:  # the kernel did not start: not the student's fault, but do not stop the batch
-            message = f"{type(error).__name__}: {error}".splitlines()[0]
-            for i in todo[done:]:
-                nb.cells[i].outputs = [_error_output("NotRun", f"not run: the grading kernel failed ({message})")]
-            notes.append(f"grading problem, not the student's: the kernel failed ({message}); regrade this student")
-            break
-    return notes
-
-
 def drop_stderr_from_tests(nb: NotebookNode) -> None:
-    """Remove stderr streams from test cells: nbgrader would score a warning as a failure (module docstring)."""
+    """Remove stderr streams from test cells: nbgrader scores any stderr output as a failure, and a warning a check
+    prints is not one (a failed check always leaves an error output)."""
     for cell in nb.cells:
-        if _is_test(cell):
+        if is_test(cell):
             cell.outputs = [o for o in cell.outputs
                             if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
 
@@ -603,7 +436,7 @@ def _finish(nb: NotebookNode, notes: list[str]) -> None:
     for cell in nb.cells:
         if cell.metadata.pop(DELETED_MARK, None):
             reason = nb.metadata.get("mechinterp_empty_reason") or "this test cell was deleted from the submission"
-            cell.outputs = [_error_output("NotGraded", f"{reason}, so it scores zero")]
+            cell.outputs = [error_output("NotGraded", f"{reason}, so it scores zero")]
     nb.metadata.pop("mechinterp_empty_reason", None)
     if notes:
         text = "**Notes from the autograder**\n\n" + "\n".join(f"- {note}" for note in notes)
@@ -611,6 +444,137 @@ def _finish(nb: NotebookNode, notes: list[str]) -> None:
         cell_id = next(f"grading-notes-{k}" if k else "grading-notes" for k in range(len(ids) + 1)
                        if (f"grading-notes-{k}" if k else "grading-notes") not in ids)
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(text, id=cell_id))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Code that looks like an attempt to get around the grader (flagged for the instructor; the box already stops it)
+# --------------------------------------------------------------------------------------------------------------
+
+#: (pattern, what it suggests) searched in the student's own code cells.
+SUSPICIOUS = [
+    (re.compile(r"showtraceback|set_custom_exc|InteractiveShell\.|sys\.excepthook"), "silencing errors"),
+    (re.compile(r"\.reference\b|import\s+reference|yours_or_reference"), "using the course's reference answers"),
+    (re.compile(r"\bchecks?\.\w+\s*=(?!=)|setattr\(\s*checks?\b|import\s+[\w.]*checks\b"),
+     "rebinding or importing the course's checks"),
+    (re.compile(r"solutions/|['\"]solutions['\"]|__file__\)?\.parents?|gradebook"),
+     "reading the course's files (solutions, gradebook)"),
+    (re.compile(r"getppid|os\.kill|killpg|setsid|os\.fork|daemon"), "signalling or escaping the grader's processes"),
+    (re.compile(r"\bsocket\b|urllib|requests\.|http\.client"), "using the network"),
+]
+
+
+def suspicious_code(nb: NotebookNode) -> list[str]:
+    """Notes for the instructor: lines of the student's cells that look like an attempt to get around grading."""
+    found: dict[str, list[str]] = {}
+    for index, cell in enumerate(nb.cells):
+        meta = cell.get("metadata", {}).get("nbgrader") or {}
+        if cell.cell_type != "code" or meta.get("locked"):
+            continue
+        for number, line in enumerate(cell.source.splitlines(), 1):
+            for pattern, what in SUSPICIOUS:
+                if pattern.search(line):
+                    found.setdefault(what, []).append(f"{execute.label(cell, index)} line {number}")
+    return [f"flagged for the instructor: code that looks like {what} ({', '.join(places[:3])}"
+            f"{' ...' if len(places) > 3 else ''})" for what, places in found.items()]
+
+
+#: Messages the box's stand-ins give when student code reaches for what it hides (see :mod:`.sandbox`).
+HIDDEN_MESSAGES = ("is not available while your notebook is graded", "checks run in the grader")
+
+
+def reached_for_hidden(nb: NotebookNode) -> list[str]:
+    cells = [execute.label(c, i) for i, c in enumerate(nb.cells) if c.cell_type == "code" and not is_test(c)
+             and any(m in json.dumps(o) for o in c.get("outputs", []) for m in HIDDEN_MESSAGES)]
+    return [f"flagged for the instructor: the code reached for the hidden reference answers or checks "
+            f"({', '.join(cells[:3])})"] if cells else []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sealing executed notebooks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _seal_key(out: Path) -> bytes:
+    path = out / STATE_DIR / SEAL_KEY
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(secrets.token_bytes(32))
+        path.chmod(0o600)
+    return path.read_bytes()
+
+
+def _sealed_content(nb: NotebookNode) -> bytes:
+    cells = [{"type": c.cell_type, "source": c.source, "outputs": c.get("outputs", []),
+              "grade_id": (c.get("metadata", {}).get("nbgrader") or {}).get("grade_id")} for c in nb.cells]
+    return json.dumps(cells, sort_keys=True).encode()
+
+
+def seal(nb: NotebookNode, key: bytes) -> None:
+    nb.metadata[SEAL_METADATA] = {"seal": hmac.new(key, _sealed_content(nb), hashlib.sha256).hexdigest()}
+
+
+def is_sealed(nb: NotebookNode, key: bytes) -> bool:
+    stored = (nb.metadata.get(SEAL_METADATA) or {}).get("seal", "")
+    expected = hmac.new(key, _sealed_content(nb), hashlib.sha256).hexdigest()
+    return isinstance(stored, str) and hmac.compare_digest(stored, expected)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage 1: one notebook in a grading slot (runs in a worker process)
+# --------------------------------------------------------------------------------------------------------------
+
+_worker_slot: execute.Slot | None = None
+
+
+def _init_worker(slots, plan: sandbox.Plan, state: str, threads: int, extra_env: dict) -> None:
+    global _worker_slot
+    index = slots.get()
+    root = Path(state) / "slots" / str(index)
+    root.mkdir(parents=True, exist_ok=True)
+    _worker_slot = execute.Slot(index, root, plan, threads, extra_env)
+
+
+def _run_one(task: dict) -> dict:
+    """Execute one prepared notebook and save it, sealed (stage 1). Returns notes and what the box achieved."""
+    from .judge import Judge
+
+    start = time.perf_counter()
+    nb = nbformat.reads(task["notebook"], as_version=4)
+    notes = list(task["notes"])
+    status: dict = {}
+    if task["run"]:
+        judge = Judge(task["package"], timeout=task["timeout"], slot=_worker_slot)
+        kernel = execute.Kernel(_worker_slot, task["files"])
+        notes += execute.run_notebook(nb, kernel, judge, timeout=task["timeout"])
+        status = kernel.status
+        notes += [f"grading problem: {p}" for p in judge.problems]
+        notes += suspicious_code(nb) + reached_for_hidden(nb)
+    drop_stderr_from_tests(nb)
+    _finish(nb, notes)
+    nb.metadata.setdefault(SEAL_METADATA, {})
+    seal(nb, bytes.fromhex(task["key"]))
+    nb.metadata[SEAL_METADATA]["input"] = task["input"]
+    nb.metadata[SEAL_METADATA]["notes"] = notes
+    target = Path(task["target"])
+    temporary = target.with_suffix(".partial")
+    nbformat.write(nb, temporary)
+    os.replace(temporary, target)
+    return {"student": task["student"], "notes": notes, "box": status, "seconds": time.perf_counter() - start}
+
+
+def _input_digest(nb: NotebookNode, release: bytes, settings: dict) -> str:
+    """What a saved executed notebook was made from: the prepared notebook, the release, the course's checks and
+    answers, and the grading settings. A saved notebook is reused only if this is unchanged."""
+    digest = hashlib.sha256()
+    digest.update(nbformat.writes(nb).encode())
+    digest.update(release)
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    package = Path(settings["package_dir"]) / settings["package"]
+    for name in ("checks.py", "reference.py"):
+        path = package / name
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -626,18 +590,22 @@ def _stage2_config(out_dir: Path):
     for section, values in NBGRADER_SETTINGS.items():
         for name, value in values.items():
             setattr(getattr(config, section), name, copy.deepcopy(value))
+    config.RequireGraded.key_file = str(out_dir / STATE_DIR / SEAL_KEY)
     return config
 
 
-def _write_nbgrader_config(out_dir: Path, chapter: str) -> None:
-    lines = ['"""nbgrader configuration written by `mechinterp-course grade` (mechinterp_course.autograde).',
+def _write_nbgrader_config(out_dir: Path) -> None:
+    lines = ['"""nbgrader configuration written by `mechinterp-course grade` (mechinterp_course.instructor.grade).',
              "",
-             "The submitted/ notebooks were already executed in a private folder; autograde scores their outputs",
-             "and never runs student code here. Feedback hides hidden tests and shortens tracebacks.",
+             "The notebooks in submitted/ were executed and their checks judged by `mechinterp-course grade`, in a",
+             "sandbox; autograde scores their recorded outputs and never runs student code here. A notebook that",
+             "`mechinterp-course grade` did not execute (no valid seal) is refused, with a message saying what to",
+             "run. Feedback hides hidden tests and shortens tracebacks.",
              '"""', "", "c = get_config()  # noqa: F821", ""]
     for section, values in NBGRADER_SETTINGS.items():
         for name, value in values.items():
             lines.append(f"c.{section}.{name} = {value!r}")
+    lines.append(f"c.RequireGraded.key_file = {str(out_dir / STATE_DIR / SEAL_KEY)!r}")
     (out_dir / "nbgrader_config.py").write_text("\n".join(lines) + "\n")
 
 
@@ -654,7 +622,7 @@ def _run_converter(converter_class, config, chapter: str, student_id: str) -> st
         warnings.simplefilter("ignore")  # nbgrader's own SQLAlchemy "not in session" warnings
         try:
             converter.start()
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - reported per student; the batch goes on
             return last_error(lines) or f"{type(error).__name__}: {error}"
     return ""
 
@@ -702,92 +670,159 @@ def _write_problems_csv(report: GradeReport) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _package_dir() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
 def grade(chapter: str, paths: list[str | os.PathLike], out_dir: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT_S,
-          course_dir: str | os.PathLike | None = None, progress=None) -> GradeReport:
-    """Autograde every submission under ``paths`` for ``chapter`` into ``out_dir`` (module docstring for the
-    layout). ``course_dir`` is any folder with ``solutions/<chapter>/``; ``progress`` is an optional callable
-    given one line of text per step. Raises :class:`CourseError` for bad input; never for a bad submission.
-    Grading the same batch into the same ``out_dir`` again gives the same gradebook (manual grades are kept).
-    """
+          course_dir: str | os.PathLike | None = None, progress=None, jobs: int | None = None,
+          limits: sandbox.Limits | None = None) -> GradeReport:
+    """Grade every submission under ``paths`` for ``chapter`` into ``out_dir`` (module docstring). ``jobs``
+    notebooks run at once (default: the number of cores); ``limits`` bound student code (:class:`Limits`).
+    ``progress`` is an optional callable given one line of text per step. Raises :class:`CourseError` for bad
+    input; never for a bad submission. Grading the same batch into the same ``out_dir`` again re-runs only what is
+    missing or changed and gives the same gradebook (manual grades are kept)."""
     say = progress or (lambda text: None)
     if not isinstance(timeout, (int, float)) or not timeout > 0 or math.isinf(timeout):
         raise CourseError(f"The timeout must be a positive number of seconds, not {timeout!r}.")
+    cores = os.cpu_count() or 1
+    jobs = cores if jobs is None else jobs
+    if not isinstance(jobs, int) or jobs < 1:
+        raise CourseError(f"--jobs must be a whole number of at least 1, not {jobs!r}.")
     root = find_course_dir(course_dir)
     chapter = resolve_chapter(chapter, root)
+    package = short_name(chapter)
+    if not (_package_dir() / package / "checks.py").is_file():
+        raise CourseError(f"Chapter {chapter} has no checks (mechinterp_course/{package}/checks.py): it cannot be "
+                          f"graded.")
     submissions = collect_submissions(paths, chapter)
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise CourseError(f"{out_dir}: exists and is not a folder.")
-    if out == root:
-        raise CourseError(f"{out_dir} is the course directory itself: choose a folder for the grading files.")
+    if out == root or root.is_relative_to(out):
+        raise CourseError(f"{out_dir} is the course directory or above it: choose a folder for the grading files.")
+    for sub in submissions:
+        if sub.path is not None and sub.path.resolve().is_relative_to(out / "submitted"):
+            raise CourseError(f"{sub.path} is inside {out_dir}/submitted, which grading rewrites: grade from a copy.")
     out.mkdir(parents=True, exist_ok=True)
+    out.chmod(0o700)  # every student's work is in here
+    state = out / STATE_DIR
+    (state / "executed").mkdir(parents=True, exist_ok=True)
 
-    # The gradebook and released notebook, from solutions/ read now, before any student code runs.
     say(f"Preparing {chapter} in {out}")
     release_dir = generate_release(root, chapter, out)
-    release = nbformat.read(release_dir / f"{chapter}.ipynb", as_version=4)
+    release_bytes = (release_dir / f"{chapter}.ipynb").read_bytes()
+    release = nbformat.reads(release_bytes.decode(), as_version=4)
     db_url = f"sqlite:///{out / GRADEBOOK}"
-    _write_nbgrader_config(out, chapter)
-    warnings: list[str] = []
+    key = _seal_key(out)
+    _write_nbgrader_config(out)
+    warnings_: list[str] = []
     committed = root / "chapters" / chapter / f"{chapter}.ipynb"
-    if committed.is_file() and committed.read_bytes() != (release_dir / f"{chapter}.ipynb").read_bytes():
-        warnings.append(f"{committed} differs from a fresh build of solutions/{chapter}: students may have a "
-                        f"different notebook from the one graded against (run `mechinterp-course build`)")
+    if committed.is_file() and committed.read_bytes() != release_bytes:
+        warnings_.append(f"{committed} differs from a fresh build of solutions/{chapter}: students may have a "
+                         f"different notebook from the one graded against (run `mechinterp-course build`)")
 
-    # Stage 1a: read, repair, sanitise.
-    prepared = []
+    # Stage 1a: read, repair, sanitise (no student code runs here).
+    files = {p.name: str(p) for p in release_dir.iterdir() if p.is_file() and p.suffix != ".ipynb"}
+    limits = limits or sandbox.Limits()
+    settings = {"timeout": timeout, "limits": limits.__dict__, "package": package, "package_dir": str(_package_dir())}
+    tasks, reused = [], []
     for sub in submissions:
         notes = list(sub.problems)
+        run = True
         if sub.path is None:
-            nb = _empty_submission(release, "no notebook was submitted")
+            nb, run = _empty_submission(release, "no notebook was submitted"), False
         else:
             try:
                 nb = read_submission(sub.path)
             except (ValueError, OSError) as error:
                 notes.append(f"{sub.path.name} could not be read ({error}); graded as an empty notebook")
-                nb = _empty_submission(release, "the submitted file could not be read")
+                nb, run = _empty_submission(release, "the submitted file could not be read"), False
             else:
                 notes += repair_notebook(nb, release)
                 try:
                     nb = sanitise(nb, chapter, db_url)
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001 - a broken notebook is graded as empty, with the reason
                     notes.append(f"nbgrader could not check the notebook's cells ({error}); graded as an empty "
                                  f"notebook")
-                    nb = _empty_submission(release, "the notebook's nbgrader metadata could not be checked")
-        prepared.append((sub, nb, notes))
-
-    # Stage 1b: run student code, each in a private folder; the gradebook is put back if anything touched it.
-    gradebook_path = out / GRADEBOOK
-    snapshot = gradebook_path.read_bytes()
-    for sub, nb, notes in prepared:
-        if sub.path is not None and not nb.metadata.get("mechinterp_empty_reason"):
-            say(f"Running {sub.student_id}")
-            sandbox = Path(tempfile.mkdtemp(prefix="mechinterp-student-"))
-            work = sandbox / "student" / chapter  # so that ../ and ../../ are private too
+                    nb, run = _empty_submission(release, "the notebook's nbgrader metadata could not be checked"), False
+        digest = _input_digest(nb, release_bytes, dict(settings, notes=notes, run=run))
+        target = state / "executed" / f"{sub.student_id}.ipynb"
+        if target.is_file():
             try:
-                shutil.copytree(release_dir, work, ignore=shutil.ignore_patterns("*.ipynb"))
-                notes += execute_notebook(nb, work, timeout=timeout)
-            finally:
-                shutil.rmtree(sandbox, ignore_errors=True)
-        drop_stderr_from_tests(nb)
-        _finish(nb, notes)
+                saved = nbformat.read(target, as_version=4)
+                if (saved.metadata.get(SEAL_METADATA) or {}).get("input") == digest and is_sealed(saved, key):
+                    reused.append(sub.student_id)
+                    continue
+            except Exception:  # noqa: BLE001 - an unreadable saved notebook is simply run again
+                pass
+        tasks.append({"student": sub.student_id, "notebook": nbformat.writes(nb), "notes": notes, "run": run,
+                      "input": digest, "target": str(target), "key": key.hex(), "timeout": timeout,
+                      "package": package, "files": files})
+
+    # Stage 1b: run student code, jobs at a time, each notebook saved (sealed) as soon as it is done.
+    boxes: list[dict] = []
+    if reused:
+        say(f"Reusing {len(reused)} notebook(s) already executed with the same inputs")
+    if tasks:
+        plan = sandbox.Plan(course_root=str(root), package_dir=str(_package_dir()),
+                            hide=[str(out), *{str(Path(p).resolve()) for p in paths}],
+                            stub_dir=str(state / "stubs"), limits=limits)
+        threads = max(1, cores // min(jobs, len(tasks)))
+        gradebook_path = out / GRADEBOOK
+        snapshot = gradebook_path.read_bytes()
+        context = multiprocessing.get_context("spawn")
+        slots = context.Queue()
+        workers = min(jobs, len(tasks))
+        for index in range(workers):
+            slots.put(index)
+        started = time.perf_counter()
+        done = 0
+        with concurrent.futures.ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=_init_worker,
+                initargs=(slots, plan, str(state), threads, _passthrough_env())) as pool:
+            futures = {pool.submit(_run_one, task): task for task in tasks}
+            for future in concurrent.futures.as_completed(futures):
+                task = futures[future]
+                done += 1
+                try:
+                    result = future.result()
+                    boxes.append(result["box"])
+                    what = f"{result['seconds']:.0f} s"
+                except Exception as error:  # noqa: BLE001 - a worker that crashed: the student is graded empty
+                    message = f"{type(error).__name__}: {error}".splitlines()[0]
+                    nb = _empty_submission(release, "grading this notebook failed")
+                    notes = [*task["notes"], f"grading problem, not the student's: {message}; regrade this student"]
+                    _finish(nb, notes)
+                    seal(nb, key)
+                    nb.metadata[SEAL_METADATA]["notes"] = notes
+                    nbformat.write(nb, task["target"])
+                    what = "failed"
+                elapsed = time.perf_counter() - started
+                left = (len(tasks) - done) * elapsed / done
+                say(f"[{done}/{len(tasks)}] {task['student']} ({what}); about {left:.0f} s left")
         if not gradebook_path.is_file() or gradebook_path.read_bytes() != snapshot:
             gradebook_path.write_bytes(snapshot)
-            notes.append("the gradebook was changed while this notebook ran; it was restored")
-            warnings.append(f"{sub.student_id}'s code changed {gradebook_path}; it was restored")
+            warnings_.append(f"{gradebook_path} was changed while student code ran; it was restored")
 
-    # Stage 2: nbgrader autograde (no execution), feedback, export.
+    protections, missing = _box_summary(boxes)
+    if boxes and missing:
+        warnings_.append("student code ran with protections missing: " + "; ".join(missing))
+
+    # Stage 2: nbgrader autograde (scores the recorded outputs), feedback, export.
     config = _stage2_config(out)
     from nbgrader.converters import Autograde, GenerateFeedback
 
     results = []
-    for sub, nb, notes in prepared:
+    for sub in submissions:
         say(f"Grading {sub.student_id}")
+        executed = nbformat.read(state / "executed" / f"{sub.student_id}.ipynb", as_version=4)
+        notes = list((executed.metadata.get(SEAL_METADATA) or {}).get("notes") or [])
         result = StudentResult(sub.student_id, sub.path, problems=notes)
         folder = out / "submitted" / sub.student_id / chapter
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        nbformat.write(nb, folder / f"{chapter}.ipynb")
+        nbformat.write(executed, folder / f"{chapter}.ipynb")
         failure = _run_converter(Autograde, config, chapter, sub.student_id)
         if failure:
             result.problems.append(f"grading problem: nbgrader autograde failed ({failure})")
@@ -801,21 +836,42 @@ def grade(chapter: str, paths: list[str | os.PathLike], out_dir: str | os.PathLi
         _read_scores(result, db_url, chapter)
         results.append(result)
 
-    report = GradeReport(chapter, out, gradebook_path, out / GRADES_CSV, out / PROBLEMS_CSV, results, warnings)
+    report = GradeReport(chapter, out, out / GRADEBOOK, out / GRADES_CSV, out / PROBLEMS_CSV, results, warnings_,
+                         protections=protections, missing_protections=missing)
     _export_csv(db_url, chapter, report.grades_csv)
     _write_problems_csv(report)
     return report
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Feedback preprocessors (named in NBGRADER_SETTINGS)
-# --------------------------------------------------------------------------------------------------------------
+def _passthrough_env() -> dict[str, str]:
+    """Variables the kernels inherit from the grader's environment (the test suite's network guard)."""
+    return {key: os.environ[key] for key in ("PYTHONPATH", "COURSE_NETWORK_LOG") if os.environ.get(key)}
 
 
-def _feedback_preprocessors():
+def _box_summary(boxes: list[dict]) -> tuple[list[str], list[str]]:
+    """The protections every box of the batch had, and what any box lacked (said once per batch)."""
+    boxes = [b for b in boxes if b]
+    if not boxes:
+        return [], []
+    weakest = min(boxes, key=lambda b: len(sandbox.report(b)))
+    missing = sorted({line for b in boxes for line in sandbox.missing(b)})
+    return sandbox.report(weakest), missing
+
+
+# --------------------------------------------------------------------------------------------------------------
+# nbgrader preprocessors (named in NBGRADER_SETTINGS)
+# --------------------------------------------------------------------------------------------------------------
+
+REFUSAL = ("this notebook was not executed by `mechinterp-course grade`: this folder is graded with "
+           "`mechinterp-course grade CHAPTER SUBMISSIONS --out {out}`, which runs each notebook in a sandbox and "
+           "judges its checks; nbgrader autograde here only scores notebooks that command executed (it never runs "
+           "student code in the course folder)")
+
+
+def _nbgrader_preprocessors():
     from nbgrader import utils
     from nbgrader.preprocessors import ClearHiddenTests, NbGraderPreprocessor
-    from traitlets import List
+    from traitlets import List, Unicode
 
     def priority():
         """``display_data_priority``, configurable as in nbgrader's GetGrades: the feedback's HTMLExporter configures
@@ -856,14 +912,37 @@ def _feedback_preprocessors():
                         output["traceback"] = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]
             return cell, resources
 
-    return HideHiddenTests, ShortTracebacks
+    class RequireGraded(NbGraderPreprocessor):
+        """Refuse to autograde a notebook that ``mechinterp-course grade`` did not execute and seal.
+
+        Execution is disabled in a grading folder (student code never runs there), so without this nbgrader's own
+        ``autograde`` (or the formgrader's button) would score whatever outputs a notebook carries, or none.
+        """
+
+        key_file = Unicode("", config=True, help="the grading folder's seal key")
+        display_data_priority = priority()
+
+        def preprocess(self, nb, resources):
+            out = Path(self.key_file).parents[1] if self.key_file else Path("GRADING_FOLDER")
+            try:
+                key = Path(self.key_file).read_bytes()
+            except OSError:
+                key = b""
+            if not key or not is_sealed(nb, key):
+                raise RuntimeError(REFUSAL.format(out=out))
+            return nb, resources
+
+    return HideHiddenTests, ShortTracebacks, RequireGraded
+
+
+_PREPROCESSORS = ("HideHiddenTests", "ShortTracebacks", "RequireGraded")
 
 
 def __getattr__(name: str):
-    """``HideHiddenTests`` and ``ShortTracebacks`` are built on first use, so importing this module stays cheap
-    (nbgrader's preprocessors pull in nbconvert); nbgrader finds them by these dotted names."""
-    if name in ("HideHiddenTests", "ShortTracebacks"):
-        classes = dict(zip(("HideHiddenTests", "ShortTracebacks"), _feedback_preprocessors()))
+    """The preprocessors are built on first use, so importing this module stays cheap (nbgrader's preprocessors
+    pull in nbconvert); nbgrader finds them by these dotted names."""
+    if name in _PREPROCESSORS:
+        classes = dict(zip(_PREPROCESSORS, _nbgrader_preprocessors()))
         globals().update(classes)
         return classes[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

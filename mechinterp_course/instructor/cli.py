@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .notebooks import CourseError
+from .build import CourseError
 
 #: Exit status for bad input (argparse's own convention).
 EXIT_BAD_INPUT = 2
@@ -24,7 +24,10 @@ DEFAULT_GRADE_DIR = "grading"
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .autograde import DEFAULT_TIMEOUT_S
+    from .grade import DEFAULT_TIMEOUT_S
+    from .sandbox import Limits
+
+    limits = Limits()
 
     course_help = "the course root (default: the nearest parent of the working directory that has solutions/)"
     parser = argparse.ArgumentParser(prog="mechinterp-course", description="The mechinterp course's instructor tools: "
@@ -52,6 +55,19 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"where the gradebook, CSVs and feedback go (default: ./{DEFAULT_GRADE_DIR})")
     grade.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                        help=f"per-cell time limit in seconds (default: {DEFAULT_TIMEOUT_S})")
+    grade.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
+                       help="notebooks graded at once (default: the number of cores)")
+    box = grade.add_argument_group("limits on student code (per notebook)")
+    box.add_argument("--memory-mb", type=int, default=limits.memory_mb, metavar="MB",
+                     help=f"address space (default: {limits.memory_mb})")
+    box.add_argument("--processes", type=int, default=limits.processes, metavar="N",
+                     help=f"processes and threads (default: {limits.processes})")
+    box.add_argument("--file-mb", type=int, default=limits.file_mb, metavar="MB",
+                     help=f"largest file written (default: {limits.file_mb})")
+    box.add_argument("--cpu-seconds", type=int, default=limits.cpu_seconds, metavar="S",
+                     help=f"CPU time of one kernel (default: {limits.cpu_seconds})")
+    box.add_argument("--tmp-mb", type=int, default=limits.tmp_mb, metavar="MB",
+                     help=f"size of the private /tmp (default: {limits.tmp_mb})")
 
     train = commands.add_parser("train", help="rebuild a zoo model from its recipe",
                                 description="Train a zoo model from its recipe and write it into the zoo.")
@@ -64,19 +80,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build(args) -> None:
-    from . import notebooks
+    from . import build as notebooks
 
     for path in notebooks.build(args.chapters or None, course_dir=args.course_dir, missing_only=args.missing):
         print(f"wrote {path}")
 
 
 def _grade(args) -> None:
-    from . import autograde
+    from . import grade as autograde
 
+    from .sandbox import Limits
+
+    limits = Limits(memory_mb=args.memory_mb, processes=args.processes, file_mb=args.file_mb,
+                    cpu_seconds=args.cpu_seconds, tmp_mb=args.tmp_mb)
     report = autograde.grade(args.chapter, args.paths, args.out, timeout=args.timeout, course_dir=args.course_dir,
-                             progress=lambda line: print(line, file=sys.stderr, flush=True))
+                             progress=lambda line: print(line, file=sys.stderr, flush=True), jobs=args.jobs,
+                             limits=limits)
     print(report.table())
     print()
+    if report.protections:
+        print("student code ran in a sandbox with:")
+        for line in report.protections:
+            print(f"  - {line}")
     print(f"gradebook: {report.gradebook}")
     print(f"grades:    {report.grades_csv}")
     print(f"problems:  {report.problems_csv}")
@@ -92,7 +117,7 @@ def _format_metrics(metrics: dict) -> str:
 
 
 def _train(args) -> None:
-    from . import recipes
+    from .. import recipes
 
     if args.name not in recipes.RECIPES:
         raise CourseError(f"Unknown recipe {args.name!r}. Recipes: {', '.join(sorted(recipes.RECIPES)) or 'none'}.")
@@ -103,7 +128,7 @@ def _train(args) -> None:
 
 
 def _zoo(args) -> None:
-    from . import models
+    from .. import models
 
     names = models.list_zoo()
     if not names:

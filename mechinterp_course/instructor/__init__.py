@@ -1,0 +1,6 @@
+"""The instructor's tools: build what is generated from the solution notebooks, grade submissions, the CLI.
+
+- :mod:`.build`   student notebooks (nbgrader) and the chapters' reference modules (:mod:`.export`);
+- :mod:`.grade`   grading a batch of submissions into an nbgrader course folder;
+- :mod:`.cli`     the ``mechinterp-course`` command.
+"""
