@@ -436,5 +436,207 @@ def html_size(obj: Any) -> int:
 __all__ = [
     "TEMPLATE", "DIVERGING_SCALE", "line", "layer_head_heatmap", "layer_pos_heatmap", "bar", "scatter",
     "attention_patterns", "attention_heatmaps", "load_circuitsvis", "CircuitsVisHTML", "choose_renderer",
-    "configure_plotly", "html_size",
+    "configure_plotly", "html_size", "LiveCurves",
 ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Live training curves
+# --------------------------------------------------------------------------------------------------------------
+
+
+class LiveCurves:
+    """Train/test accuracy and loss redrawn while a model trains (``training.train(..., callback=live.update)``).
+
+    In a notebook the figure is displayed once and replaced in place every ``redraw_every`` rows (IPython display
+    handles: works in JupyterLab, Colab and a headless run); outside a notebook it only collects the rows.
+    """
+
+    def __init__(self, title: str = "Training", redraw_every: int = 5):
+        self.title, self.redraw_every, self.rows, self.handle = title, redraw_every, [], None
+
+    def figure(self) -> go.Figure:
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy", "loss (log scale)"))
+        steps = [row["step"] for row in self.rows]
+        for split, dash in [("train", None), ("test", "dash")]:
+            fig.add_trace(go.Scatter(x=steps, y=[r[f"{split}_accuracy"] for r in self.rows], name=f"{split} accuracy",
+                                     line=dict(dash=dash)), row=1, col=1)
+            fig.add_trace(go.Scatter(x=steps, y=[r[f"{split}_loss"] for r in self.rows], name=f"{split} loss",
+                                     line=dict(dash=dash)), row=1, col=2)
+        fig.update_yaxes(range=[0, 1.02], row=1, col=1)
+        fig.update_yaxes(type="log", row=1, col=2)
+        fig.update_xaxes(title_text="step")
+        fig.update_layout(title=self.title, height=350)
+        return fig
+
+    def update(self, step: int, row: dict) -> None:
+        """Record a logged row (``step`` is the training loop's; the row carries it too) and redraw now and then."""
+        self.rows.append(row)
+        if len(self.rows) % self.redraw_every == 1 or self.redraw_every == 1:
+            self.draw()
+
+    def draw(self) -> None:
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            return
+        if get_ipython() is None:
+            return
+        # A plotly figure displays itself and ignores display ids, so hand IPython the rendered mime bundle instead.
+        fig = self.figure()
+        bundle = fig._repr_mimebundle_(include=None, exclude=None) or {
+            "application/vnd.plotly.v1+json": json.loads(fig.to_json()), "text/plain": self.title}
+        if self.handle is None:
+            self.handle = display(bundle, raw=True, display_id=True)
+        else:
+            self.handle.update(bundle, raw=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Chapter 00: the timeline, the ternary plot, image grids and the deck's point scores
+# --------------------------------------------------------------------------------------------------------------
+
+#: One colour per track of the timeline, in the order of its tracks.
+TIMELINE_COLOURS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3")
+#: Events of a track are spread over this many lanes, so that markers in the same month stay apart.
+TIMELINE_LANES = 3
+#: Marker labels longer than this are cut with an ellipsis (the hover has the whole title).
+TIMELINE_LABEL_CHARS = 28
+#: Hover text is wrapped at this many characters per line.
+HOVER_WRAP = 80
+
+
+def _wrap(text: str, width: int = HOVER_WRAP) -> str:
+    """``text`` with ``<br>`` line breaks every ``width`` characters or so (at spaces), for plotly hovers."""
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "<br>".join(lines + [line])
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 2] + "\u2026"
+
+
+def _mid_month(date: Sequence[int]) -> str:
+    year, month = date
+    return f"{year}-{month:02d}-15"
+
+
+def timeline_figure(events: Sequence[Any], tracks: Mapping[str, str],
+                    title: str = "Mechanistic interpretability: a timeline") -> go.Figure:
+    """An interactive timeline: one row per track (``tracks``: key -> label), one marker per event, spans drawn as
+    bars. Each event needs ``title``, ``track``, ``start`` and ``end`` (``(year, month)``), ``date_label``,
+    ``date_note`` (non-empty where the date is the course's), ``summary``, ``from_deck``, ``deck_text``, ``slides``
+    and ``chapters_text`` (chapter 00's :class:`~mechinterp_course.history.Event`). The hover gives the date, the
+    summary and whose words it is, the deck's words, the slides and the chapters; a legend click hides a track."""
+    figure = go.Figure()
+    for row, (track, label) in enumerate(tracks.items()):
+        chosen = [event for event in events if event.track == track]
+        if not chosen:
+            continue
+        colour = TIMELINE_COLOURS[row % len(TIMELINE_COLOURS)]
+        xs, ys, hover, texts = [], [], [], []
+        for i, event in enumerate(chosen):
+            source = "the deck" if event.from_deck else "the course's summary"
+            slides = ", ".join(map(str, event.slides)) or "not in the deck"
+            extra = f"<br><i>deck:</i> {_wrap(event.deck_text)}" if event.deck_text else ""
+            date = f"{event.date_label} ({event.date_note})" if event.date_note else event.date_label
+            hover.append(f"<b>{_wrap(event.title, 70)}</b><br>{date}<br>{_wrap(event.summary)}<br><i>({source})</i>"
+                         f"{extra}<br>slides: {slides} \u00b7 chapters: {event.chapters_text}")
+            xs.append(_mid_month(event.start))
+            ys.append(row + 0.25 * ((i % TIMELINE_LANES) - 1))
+            texts.append(_cut(event.title, TIMELINE_LABEL_CHARS))
+            if event.end is not None:
+                figure.add_trace(go.Scatter(x=[xs[-1], _mid_month(event.end)], y=[ys[-1], ys[-1]], mode="lines",
+                                            line=dict(width=6, color=colour), hoverinfo="skip", showlegend=False,
+                                            legendgroup=track))
+        figure.add_trace(go.Scatter(
+            x=xs, y=ys, mode="markers+text", text=texts, textposition="top center", textfont=dict(size=9),
+            marker=dict(size=11, color=colour, line=dict(width=1, color="white")), name=label,
+            hovertext=hover, hoverinfo="text", legendgroup=track))
+    figure.update_layout(
+        title=title, height=560, hovermode="closest",
+        yaxis=dict(tickvals=list(range(len(tracks))), ticktext=[label.split(" (")[0] for label in tracks.values()],
+                   range=[-0.7, len(tracks) - 0.3]),
+        xaxis=dict(title="date (hover over a marker; drag to zoom, double-click to reset)"),
+        legend=dict(orientation="h", y=-0.2), margin=dict(l=10, r=10, t=50, b=10))
+    return figure
+
+
+def ternary_figure(placement: Mapping[str, Sequence[float]], corners: Sequence[str],
+                   title: str | None = None) -> go.Figure:
+    """Works placed on a ternary plot: ``placement`` maps a work to three non-negative weights, one per corner of
+    ``corners`` (normalised here: ``(1, 1, 0)`` is half-way between the first two corners)."""
+    if len(corners) != 3:
+        raise ValueError(f"ternary_figure expects three corners, got {len(corners)}")
+    names = list(placement)
+    weights = np.array([[float(w) for w in placement[name]] for name in names], dtype=float).reshape(len(names), 3)
+    sums = weights.sum(axis=1, keepdims=True)
+    if (weights < 0).any() or (sums <= 0).any():
+        raise ValueError("ternary_figure: every work needs three non-negative weights with a positive sum")
+    weights = weights / sums
+    short = [name.split(":")[0] if len(name) > 40 else name for name in names]
+    figure = go.Figure(go.Scatterternary(
+        a=weights[:, 0], b=weights[:, 1], c=weights[:, 2], mode="markers+text",
+        text=[_cut(s, 34) for s in short], textposition="top center", textfont=dict(size=9),
+        hovertext=[_wrap(name, 60) for name in names], hoverinfo="text", marker=dict(size=10)))
+    figure.update_layout(
+        title=title or "Your placement of the deck's works (the deck's own positions are not in its text)",
+        ternary=dict(aaxis=dict(title=corners[0]), baxis=dict(title=corners[1]), caxis=dict(title=corners[2])),
+        height=560, showlegend=False)
+    return figure
+
+
+def image_grid(images: Any, titles: Sequence[str] | None = None, columns: int = 10, title: str = "",
+               symmetric: bool = True, height_per_row: int = 120) -> go.Figure:
+    """A grid of single-channel images ``[n, 1, H, W]`` or ``[n, H, W]`` with one shared colour scale; with
+    ``symmetric`` the scale is red/blue and centred on 0 (for standardised images: the data's mean pixel), else grey.
+    ``titles`` names each image."""
+    import plotly.express as px
+
+    array = _to_numpy(images)
+    if array.ndim == 4:
+        if array.shape[1] != 1:
+            raise ValueError(f"image_grid expects single-channel images, got shape {tuple(array.shape)}")
+        array = array[:, 0]
+    _require_ndim("image_grid", array, 3, "stack of images [n, H, W]")
+    labels = _require_labels("image_grid", titles, len(array), "titles")
+    columns = min(columns, len(array))
+    bound = float(np.abs(array).max()) or 1.0
+    figure = px.imshow(array, facet_col=0, facet_col_wrap=columns,
+                       color_continuous_scale="RdBu_r" if symmetric else "gray_r",
+                       zmin=-bound if symmetric else None, zmax=bound if symmetric else None,
+                       facet_col_spacing=0.01, facet_row_spacing=0.06)
+    for annotation in figure.layout.annotations:
+        index = int(annotation.text.split("=")[-1])
+        annotation.text = labels[index] if labels is not None else str(index)
+        annotation.font.size = 10
+    rows = math.ceil(len(array) / columns)
+    figure.update_layout(title=title, height=80 + height_per_row * rows, margin=dict(l=10, r=10, t=50, b=10),
+                         coloraxis_showscale=False)
+    figure.update_xaxes(showticklabels=False)
+    figure.update_yaxes(showticklabels=False)
+    return figure
+
+
+def deck_scores_figure(scores: Mapping[str, Mapping[str, float | None]], titles: Mapping[str, str] | None = None,
+                       title: str = "The deck's point scores", max_score: float = 10) -> go.Figure:
+    """Grouped bars of point scores: ``scores`` maps an area to ``{score key: value or None}``; areas with no score
+    at all are left out (the deck scores only some), a missing score is a gap. ``titles`` names the areas."""
+    shown = [area for area, row in scores.items() if any(v is not None for v in row.values())]
+    keys = list(dict.fromkeys(key for area in shown for key in scores[area]))
+    names = [(titles or {}).get(area, area) for area in shown]
+    figure = go.Figure([go.Bar(name=key.replace("_", " "), x=names, y=[scores[area].get(key) for area in shown])
+                        for key in keys])
+    figure.update_layout(barmode="group", title=title, yaxis=dict(title=f"/{max_score:g}", range=[0, max_score]),
+                         height=380)
+    return figure
+
+
+__all__ += ["timeline_figure", "ternary_figure", "image_grid", "deck_scores_figure"]

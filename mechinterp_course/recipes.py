@@ -130,21 +130,29 @@ MODADD_TRAIN = dict(train_fraction=0.3, data_seed=598, steps=15_000, lr=1e-3, we
 
 
 def modadd_loss(model, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the answer at the ``=`` position, computed in float64 as in the paper (float32 softmax
-    rounding stalls the loss near zero and distorts the clean-up phase)."""
-    logits = model(tokens)[:, -1].to(torch.float64)
-    return F.cross_entropy(logits, labels)
+    """Cross-entropy of the answer at the ``=`` position, in float64 as in the paper (float32 softmax rounding stalls
+    the loss near zero and distorts the clean-up phase): the chapter's ``loss_at_equals``, the reference's answer."""
+    from .grokking import reference  # trusted code: the chapter's reference answer, loaded when called
+
+    return reference.loss_at_equals(model(tokens), labels)
+
+
+def modadd_data():
+    """The recipe's train/test split (the chapter's reference ``split_indices``, through ``tasks.modular_addition``)."""
+    return tasks.modular_addition(MODADD_P, MODADD_TRAIN["train_fraction"], MODADD_TRAIN["data_seed"])
 
 
 def modadd_metrics(model, data=None) -> dict[str, float]:
     """Train/test loss and accuracy on the recipe's own split (re-measured by the tests from the checkpoint)."""
-    data = tasks.modular_addition(MODADD_P, MODADD_TRAIN["train_fraction"], MODADD_TRAIN["data_seed"]) if data is None else data
+    from .grokking import reference
+
+    data = modadd_data() if data is None else data
     out = {}
     with torch.no_grad():
         for split, tokens, labels in [("train", data.train_tokens, data.train_labels), ("test", data.test_tokens, data.test_labels)]:
-            logits = model(tokens)[:, -1].to(torch.float64)
-            out[f"{split}_loss"] = float(F.cross_entropy(logits, labels))
-            out[f"{split}_accuracy"] = float((logits.argmax(-1) == labels).double().mean())
+            logits = model(tokens)
+            out[f"{split}_loss"] = float(reference.loss_at_equals(logits, labels))
+            out[f"{split}_accuracy"] = float((logits[:, -1].argmax(-1) == labels).double().mean())
     return out
 
 
@@ -167,6 +175,7 @@ def train_modadd_113(seed: int = 0, progress: bool = True, steps: int | None = N
     ``train_loss`` is the loss *before* the update, one step earlier). The progress measures use the key
     frequencies of the final model, as the paper does."""
     from . import grokking
+    from .grokking import reference  # trusted code: measured with the chapter's reference answers
 
     spec = dict(MODADD_TRAIN, steps=steps or MODADD_TRAIN["steps"])
     data = tasks.modular_addition(MODADD_P, spec["train_fraction"], spec["data_seed"])
@@ -182,9 +191,12 @@ def train_modadd_113(seed: int = 0, progress: bool = True, steps: int | None = N
     )
     keys = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
     log = [{"step": row["step"], **{key: _significant(row[key]) for key in keys}} for row in result.log]
-    grokked_at = next((row["step"] for row in log if row["test_accuracy"] >= grokking.SOLVED_ACCURACY), None)
-    key_freqs = grokking.key_frequencies(model.W_E[:MODADD_P].detach(), MODADD_P)
-    measures = grokking.trajectory_measures(result.snapshots, MODADD_CONFIG, seed, data, key_freqs)
+    _, grokked_at = reference.grok_steps(log, grokking.SOLVED_ACCURACY)
+    key_freqs = grokking.key_frequencies(reference.frequency_norms(model.W_E[:MODADD_P].detach(), MODADD_P))
+    functions = grokking.MeasureFunctions(reference.frequency_norms, reference.gini, reference.restricted_loss,
+                                          reference.excluded_loss, reference.sum_of_squared_weights)
+    measures = grokking.trajectory_measures(result.snapshots, MODADD_CONFIG, seed, data, key_freqs, functions,
+                                            progress=progress)
     card = {
         "recipe": "modadd-113",
         "description": "One-layer ReLU transformer on (a + b) mod 113, 30% of pairs for training, full-batch AdamW "

@@ -6,6 +6,7 @@ meaning, so the only way to predict a token is to have seen the sequence before:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -146,23 +147,20 @@ class ModularAddition:
         return (tokens[:, 0] + tokens[:, 1]) % self.p
 
 
-def split_indices(n: int, train_fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """``(train [n_train], test [n - n_train])``: a random split of ``range(n)``, ``n_train = round(train_fraction * n)``.
+def modular_addition(p: int, train_fraction: float, seed: int = 0, split: Callable | None = None) -> ModularAddition:
+    """The modular addition data set with a random train/test split of the ``p * p`` pairs.
 
-    The order is ``torch.randperm(n)`` drawn from ``torch.Generator().manual_seed(seed)``: the first ``n_train``
-    indices train, the rest test. (Nanda et al.'s code truncates instead of rounding: 3,830 rather than 3,831 of the
-    12,769 pairs at 30%.)"""
-    if not 0 < train_fraction < 1:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
-    order = torch.randperm(n, generator=_generator(seed))
-    n_train = int(round(train_fraction * n))
-    return order[:n_train], order[n_train:]
+    ``split(n, train_fraction, seed) -> (train indices, test indices)`` is the grokking chapter's ``split_indices``
+    exercise: a notebook passes the student's own. Without it, trusted code (the zoo recipe, the tests) gets the
+    chapter's reference answer, loaded when called (a graded notebook's kernel cannot load it, so a notebook always
+    passes its own)."""
+    if split is None:
+        from .grokking import reference
 
-
-def modular_addition(p: int, train_fraction: float, seed: int = 0) -> ModularAddition:
-    """The modular addition data set with a random train/test split of the ``p * p`` pairs (:func:`split_indices`)."""
+        split = reference.split_indices
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
     tokens = torch.stack([a.flatten(), b.flatten(), torch.full((p * p,), p)], dim=1)  # [p * p, 3] rows a b =
     labels = (tokens[:, 0] + tokens[:, 1]) % p
-    train, test = split_indices(p * p, train_fraction, seed)
+    train, test = split(p * p, train_fraction, seed)
+    train, test = torch.as_tensor(train, dtype=torch.long), torch.as_tensor(test, dtype=torch.long)
     return ModularAddition(p, tokens[train], labels[train], tokens[test], labels[test])

@@ -1,13 +1,23 @@
-"""A small, readable training loop: AdamW, optional linear warm-up, a tqdm progress bar, periodic evaluation and
-snapshots. Used by the zoo recipes and directly by notebooks (where ``tqdm.auto`` draws a notebook progress bar).
+"""The course's one training loop: AdamW, optional linear warm-up, a progress bar, evaluation, snapshots and early
+stopping. The zoo recipes and every chapter's in-notebook training use it, so every curve in the course is logged
+by one rule:
+
+- a row is logged every ``eval_every`` steps and after the last step, *after* that step's update;
+- ``row["train_loss"]`` is the loss of the step's batch as the step computed it (before its update), unless
+  ``eval_fn`` measures ``train_loss`` itself, on the updated weights (full-batch setups do, so that train and test
+  are measured on the same weights);
+- ``callback(step, row)`` sees every row (a notebook redraws a live plot with it) and stops training by returning
+  ``True``.
+
+In a notebook ``tqdm.auto`` draws a notebook progress bar; training that stops early closes it at 100%.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -20,12 +30,13 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warm-up from lr / warmup_steps
     eval_every: int = 100
-    snapshot_every: int | None = None
+    snapshot_every: int | None = None  # keep a copy of the weights every this many steps (and after the last)
     grad_clip: float | None = None
     progress: bool = True
     description: str = "training"
+    threads: int | None = None  # torch threads while training (tiny full-batch steps are fastest on one)
 
 
 @dataclass
@@ -33,6 +44,7 @@ class TrainResult:
     log: list[dict] = field(default_factory=list)  # one row per evaluation: {"step": ..., "train_loss": ..., ...}
     snapshots: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # step -> state_dict copy
     seconds: float = 0.0
+    stopped_at: int | None = None  # the step a callback stopped training at (None: it ran every step)
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """``(steps, values)`` of one logged metric, for plotting."""
@@ -46,50 +58,64 @@ def train(
     loss_fn: Callable[[torch.nn.Module, object], Tensor],
     config: TrainConfig,
     eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
-    callback: Callable[[int, dict], None] | None = None,
+    callback: Callable[[int, dict], bool | None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place.
+    """Train ``model`` in place (module docstring for the logging rule).
 
     - ``batch_fn(step)`` returns the batch for a step (deterministic given the step, so runs are reproducible);
-    - ``loss_fn(model, batch)`` returns a scalar loss;
-    - ``eval_fn(model)`` returns metrics, called every ``eval_every`` steps and after the last step, under ``no_grad``;
-    - ``callback(step, row)`` sees every logged row (a notebook uses it to redraw a live plot).
+    - ``loss_fn(model, batch)`` returns the scalar loss to minimise (a regulariser included);
+    - ``eval_fn(model)`` returns metrics, called under ``no_grad`` on every logged step;
+    - ``callback(step, row)`` sees every logged row and returns True to stop.
     """
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  betas=config.betas)
     scheduler = None
     if config.warmup_steps:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps)
         )
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
     result = TrainResult()
     start = time.perf_counter()
     bar = tqdm(range(config.steps), desc=config.description, disable=not config.progress, mininterval=0.5)
-    for step in bar:
-        model.train()
-        loss = loss_fn(model, batch_fn(step))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+    try:
+        for step in bar:
+            model.train()
+            with torch.enable_grad():  # notebooks that analyse a trained model switch gradients off globally
+                loss = loss_fn(model, batch_fn(step))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
 
-        last = step == config.steps - 1
-        if step % config.eval_every == 0 or last:
-            row = {"step": step, "train_loss": float(loss.detach())}
-            if eval_fn is not None:
-                model.eval()
-                with torch.no_grad():
-                    row.update({k: float(v) for k, v in eval_fn(model).items()})
-            result.log.append(row)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k != "step"}, refresh=False)
-            if callback is not None:
-                callback(step, row)
-        if config.snapshot_every and (step % config.snapshot_every == 0 or last):
-            result.snapshots[step] = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
+            last = step == config.steps - 1
+            stop = False
+            if step % config.eval_every == 0 or last:
+                row = {"step": step, "train_loss": float(loss.detach())}
+                if eval_fn is not None:
+                    model.eval()
+                    with torch.no_grad():
+                        row.update({k: float(v) for k, v in eval_fn(model).items()})
+                result.log.append(row)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k != "step"}, refresh=False)
+                if callback is not None:
+                    stop = bool(callback(step, row))
+            if config.snapshot_every and (step % config.snapshot_every == 0 or last or stop):
+                result.snapshots[step] = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
+            if stop:
+                result.stopped_at = step
+                bar.total = bar.n = step + 1  # finished early: a full bar, not one stuck part-way
+                bar.set_description(f"{config.description} (stopped at step {step})")
+                bar.refresh()
+                break
+    finally:
+        bar.close()
+        torch.set_num_threads(threads)
     model.eval()
     result.seconds = time.perf_counter() - start
     return result

@@ -1,28 +1,42 @@
 """Chapter 01's checks: what the notebook's test cells call (``check.get_attention_pattern(get_attention_pattern)``).
 
-Each check runs its known answers and properties first (a perfect head scores 1, the terms of a decomposition sum to
-the logit difference, an impossible path raises), because those say *what* is wrong; then it compares with the
-reference (:mod:`.reference`, generated from the solution notebook) on fresh inputs, naming heads as ``L1H2``.
-The machinery is :mod:`mechinterp_course.checking`.
+Every check runs its telling tests first, because they say *what* is wrong: known answers (a perfect head scores 1,
+an identity circuit scores 1, patching nothing changes nothing), properties (the terms of a decomposition sum to the
+logit difference, a score ignores the matrices' scale), and the typical mistakes, recognised by their output (clean
+and corrupted swapped, a missing ``metric(corrupted)``, a whole head patched instead of one path, a transposed
+circuit). Only then does it compare with the reference (:mod:`.reference`, generated from the solution notebook) on
+fresh inputs, naming entries by what they are (heads as ``L1H2``, query positions, tokens). The machinery is
+:mod:`mechinterp_course.checking`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .. import models, research, tasks
-from ..checking import (call, check, compare, fail, is_hidden, layer_head_index, raises, tokens_only,
+from ..checking import (ATOL, RTOL, call, check, compare, fail, is_hidden, layer_head_index, raises, tokens_only,
                         trials, unchanged, wrong_answers)
-from . import (COUNTEREXAMPLE_BATCH, COUNTEREXAMPLE_MAX_FAITHFULNESS, COUNTEREXAMPLE_MIN_ACCURACY,
-               COUNTEREXAMPLE_MIN_BASELINE_GAP, COUNTEREXAMPLE_MIN_PREDICTIONS, INDUCTION_THRESHOLD, LogitDiff,
-               all_head_scores, circuit_faithfulness, induction_reference_tokens, reference)
+from . import (ATTENTION_MAJORITY, COUNTEREXAMPLE_BATCH, COUNTEREXAMPLE_MAX_FAITHFULNESS,
+               COUNTEREXAMPLE_MIN_ACCURACY, COUNTEREXAMPLE_MIN_BASELINE_GAP, COUNTEREXAMPLE_MIN_PREDICTIONS,
+               INDUCTION_THRESHOLD, LogitDiff, all_head_scores, circuit_faithfulness, induction_reference_tokens,
+               reference)
 from .studies import CIRCUIT_STUDIES
 
 MODEL = "induction-2l"
+#: The notebook runs with gradients off (its setup cell); the grader runs the checks the same way.
+NOTEBOOK_GRAD_ENABLED = False
+#: The notebook's probe: BOS + HALF_LEN random tokens + the same tokens again.
+HALF_LEN = 30
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers: inputs, and recognising a known mistake by its output
+# --------------------------------------------------------------------------------------------------------------
 
 
 def _causal_pattern(batch: int, n_heads: int, seq: int, generator: torch.Generator) -> Tensor:
@@ -32,8 +46,67 @@ def _causal_pattern(batch: int, n_heads: int, seq: int, generator: torch.Generat
     return scores.masked_fill(mask, -torch.inf).softmax(-1)
 
 
+def _as_float(value: Any, shape: Sequence[int]) -> Tensor | None:
+    """``value`` as a float64 tensor if it is a floating tensor (or a number) of ``shape``, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = torch.tensor(float(value))
+    if isinstance(value, Tensor) and tuple(value.shape) == tuple(shape) and value.is_floating_point():
+        return value.detach().double().cpu()
+    return None
+
+
+def _matches(value: Any, target: Tensor | float, atol: float = ATOL, rtol: float = RTOL) -> bool:
+    """Whether ``value`` is a floating tensor of ``target``'s shape, close to it everywhere (NaN matches NaN)."""
+    target = torch.as_tensor(target).detach().double().cpu()
+    actual = _as_float(value, target.shape)
+    return actual is not None and bool(torch.isclose(actual, target, atol=atol, rtol=rtol, equal_nan=True).all())
+
+
+Mistake = tuple[Callable[[], Any], str]
+
+
+def _explain(actual: Any, expected: Tensor, mistakes: Sequence[Mistake], atol: float = ATOL,
+             rtol: float = RTOL) -> None:
+    """Before the element-wise comparison: if ``actual`` is wrong but is what a known mistake gives (each mistake is
+    ``(what it computes, the message)``, computed only when needed), fail with that mistake's message."""
+    if _matches(actual, expected, atol, rtol):
+        return
+    for wrong, message in mistakes:
+        if _matches(actual, wrong(), atol, rtol):
+            fail(message)
+
+
+def _heads(n_heads: int) -> list[str]:
+    return [f"H{head}" for head in range(n_heads)]
+
+
+def _metric_of(model, tokens: Tensor, metric: Callable, hooks: Sequence = ()) -> Tensor:
+    with torch.no_grad():
+        return metric(model.run_with_hooks(tokens, fwd_hooks=list(hooks)) if hooks else model(tokens)).detach()
+
+
+def _patch_z(model, tokens: Tensor, source_cache, layer: int, heads: Sequence[int], metric: Callable,
+             positions: slice = slice(None)) -> Tensor:
+    """The metric of a run on ``tokens`` with ``heads`` of ``layer`` (at ``positions``) patched from
+    ``source_cache``: what patching a whole head (or a whole layer, or one position) gives."""
+    name = f"blocks.{layer}.attn.hook_z"
+
+    def hook(z, hook):
+        z = z.clone()
+        for head in heads:
+            z[:, positions, head] = source_cache[name][:, positions, head]
+        return z
+
+    return _metric_of(model, tokens, metric, [(name, hook)])
+
+
+def _cache(model, tokens: Tensor):
+    with torch.no_grad():
+        return model.run_with_cache(tokens)[1]
+
+
 # --------------------------------------------------------------------------------------------------------------
-# Section 1-2: patterns and head scores
+# Section 1: reading a pattern
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -42,16 +115,44 @@ def get_attention_pattern(fn: Callable) -> str:
     """``fn(model, tokens, layer) -> [batch, n_heads, q, k]``: read a pattern out of ``run_with_cache``."""
     model = models.fresh(MODEL)
     n_layers = model.cfg.n_layers
+    names = ["example ", _heads(model.cfg.n_heads), "query ", "key "]
     for trial in trials(3):
         batch, half_len, layer = 1 + trial.index, trial.randint(6, 20), trial.index % n_layers
         tokens = tasks.repeated_tokens(batch, half_len, model.cfg.d_vocab, seed=trial.seed)
-        with torch.no_grad():
-            _, cache = model.run_with_cache(tokens)
+        cache = _cache(model, tokens)
         expected = cache[f"blocks.{layer}.attn.hook_pattern"]
         actual = call(fn, model, tokens.clone(), layer)
-        compare(actual, expected, "the pattern", context=f"(layer {layer}, {batch} x {tokens.shape[1]} tokens)",
-                index=["batch ", ["H" + str(h) for h in range(model.cfg.n_heads)], "query ", "key "])
-    return "3 inputs, both layers"
+        context = f"(layer {layer}, {batch} x {tokens.shape[1]} tokens)"
+        pattern = _as_float(actual, expected.shape)
+        if pattern is not None:
+            # The properties of any attention pattern first: finite, causal, each query's row a distribution.
+            if not torch.isfinite(pattern).all():
+                fail(f"your pattern {context} has infinite or NaN entries: a pattern is the softmax of the "
+                     f"attention scores (hook_pattern), not the masked scores themselves (hook_attn_scores).")
+            if pattern.triu(1).abs().max() > 1e-6:
+                transposed = torch.allclose(pattern.sum(-2), torch.ones_like(pattern.sum(-2)), atol=1e-4)
+                fail(f"your pattern {context} gives weight to keys after their query"
+                     + (" and its columns, not its rows, sum to 1: you transposed it; the dimensions are "
+                        "[batch, n_heads, query_pos, key_pos]." if transposed else
+                        ": the dimensions are [batch, n_heads, query_pos, key_pos], and a query attends only to "
+                        "itself and earlier keys."))
+            sums = pattern.sum(-1)
+            if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+                fail(f"the rows of your pattern {context} sum to between {float(sums.min()):.3g} and "
+                     f"{float(sums.max()):.3g} over the keys; each query's attention is a distribution that sums "
+                     f"to 1 (read hook_pattern, after the softmax).")
+            for other in range(n_layers):
+                if other != layer and _matches(pattern, cache[f"blocks.{other}.attn.hook_pattern"]) \
+                        and not _matches(pattern, expected):
+                    fail(f"asked for layer {layer}, your function returned layer {other}'s pattern: use the "
+                         f"`layer` argument in the hook name.")
+        compare(actual, expected, "the pattern", context=context, index=names)
+    return "3 inputs, both layers; finite, causal, rows summing to 1"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Section 2: head scores, and where along the sequence a head works
+# --------------------------------------------------------------------------------------------------------------
 
 
 def _perfect_and_useless(offset: int, seq: int) -> Tensor:
@@ -65,15 +166,40 @@ def _perfect_and_useless(offset: int, seq: int) -> Tensor:
     return pattern
 
 
-def _check_score(fn: Callable, reference_fn: Callable, job: str, offset_of: Callable[[int], int],
+#: Where each score's diagonal lies, as section 2's table says it (for the messages).
+_OFFSETS = {"previous_token_scores": "1 below the diagonal (key q - 1)",
+            "duplicate_token_scores": "half_len below the diagonal (key q - half_len)",
+            "induction_scores": "half_len - 1 below the diagonal (key q - half_len + 1)"}
+
+
+def _check_score(name: str, fn: Callable, reference_fn: Callable, job: str, offset_of: Callable[[int], int],
                  needs_half_len: bool) -> str:
     # Known answers first: they say what is wrong (an off-by-one offset, a sum instead of a mean).
     half_len = 6
     perfect = _perfect_and_useless(offset_of(half_len), 1 + 2 * half_len)
     extra = (half_len,) if needs_half_len else ()
     scores = call(fn, perfect, *extra)
+    context = f"on BOS + {half_len} tokens repeated"
+    found = _as_float(scores, (2,))
+    if found is not None:
+        perfect_score, useless_score = float(found[0]), float(found[1])
+        if not math.isclose(perfect_score, 1.0, abs_tol=1e-4):
+            if perfect_score > 1.0:
+                why = ("a score is a mean over the query positions where the key exists (and over the batch), "
+                       "not a sum.")
+            elif perfect_score < 0.5:
+                why = (f"your diagonal misses where the head attends. Check the offset: the key is "
+                       f"{_OFFSETS[name]}, and torch.diagonal(pattern, offset=-k, dim1=-2, dim2=-1) reads it.")
+            else:
+                why = ("average only over the query positions where the key exists: the entries of that one "
+                       "diagonal.")
+            fail(f"a head that always attends {job} scores {perfect_score:.3g} with your function ({context}); it "
+                 f"must score 1: {why}")
+        if not math.isclose(useless_score, 0.0, abs_tol=1e-4):
+            fail(f"a head that never attends {job} (it attends to BOS) scores {useless_score:.3g} with your "
+                 f"function ({context}); it must score 0: read only the diagonal {_OFFSETS[name]}.")
     compare(scores, torch.tensor([1.0, 0.0]), "the scores", context=f"of a head that always attends {job} "
-            f"(expected 1) and one that never does (expected 0), on BOS + 6 tokens repeated",
+            f"(expected 1) and one that never does (expected 0), {context}",
             index=lambda i: ["the perfect head", "the useless head"][i[0]])
     for trial in trials(3):
         batch, n_heads, half_len = trial.randint(1, 3), trial.randint(2, 8), trial.randint(5, 17)
@@ -83,38 +209,37 @@ def _check_score(fn: Callable, reference_fn: Callable, job: str, offset_of: Call
         actual = call(fn, pattern, *extra)
         unchanged(before, pattern, "pattern")
         compare(actual, reference_fn(pattern, *extra), "the scores", context=f"(pattern of shape "
-                f"{tuple(pattern.shape)})", index=["H"])
+                f"{tuple(pattern.shape)}{f', half_len {half_len}' if needs_half_len else ''})", index=["H"])
     return "a perfect and a useless head, then 3 random patterns of different shapes"
 
 
 @check("previous_token_scores")
 def previous_token_scores(fn: Callable) -> str:
     """``fn(pattern [batch, n_heads, q, k]) -> [n_heads]``."""
-    return _check_score(fn, reference.previous_token_scores, "to the previous token", lambda half_len: 1, False)
+    return _check_score("previous_token_scores", fn, reference.previous_token_scores, "to the previous token",
+                        lambda half_len: 1, False)
 
 
 @check("duplicate_token_scores")
 def duplicate_token_scores(fn: Callable) -> str:
     """``fn(pattern, half_len) -> [n_heads]``."""
-    return _check_score(fn, reference.duplicate_token_scores, "to the earlier copy of its token",
-                        lambda half_len: half_len, True)
+    return _check_score("duplicate_token_scores", fn, reference.duplicate_token_scores,
+                        "to the earlier copy of its token", lambda half_len: half_len, True)
 
 
 @check("induction_scores")
 def induction_scores(fn: Callable) -> str:
     """``fn(pattern, half_len) -> [n_heads]``."""
-    return _check_score(fn, reference.induction_scores, "to the token after the earlier copy of its token",
-                        lambda half_len: half_len - 1, True)
+    return _check_score("induction_scores", fn, reference.induction_scores,
+                        "to the token after the earlier copy of its token", lambda half_len: half_len - 1, True)
 
 
 def induction_circuit(model) -> list[tuple[int, int]]:
     """The chapter's induction circuit: heads above the threshold for induction or previous-token scores."""
-    half_len = 30
-    tokens = tasks.repeated_tokens(64, half_len, model.cfg.d_vocab, seed=2024)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens)
+    tokens = tasks.repeated_tokens(64, HALF_LEN, model.cfg.d_vocab, seed=2024)
+    cache = _cache(model, tokens)
     n_layers = model.cfg.n_layers
-    induction = all_head_scores(cache, n_layers, reference.induction_scores, half_len=half_len)
+    induction = all_head_scores(cache, n_layers, reference.induction_scores, half_len=HALF_LEN)
     previous = all_head_scores(cache, n_layers, reference.previous_token_scores)
     selected = (induction > INDUCTION_THRESHOLD) | (previous > INDUCTION_THRESHOLD)
     return [tuple(lh) for lh in torch.nonzero(selected).tolist()]
@@ -124,15 +249,13 @@ def induction_circuit(model) -> list[tuple[int, int]]:
 def circuit_heads(previous_token_heads: Any, induction_heads: Any) -> str:
     """The heads the student identified, as lists of ``(layer, head)``, against the thresholded scores."""
     model = models.fresh(MODEL)
-    half_len = 30
     [trial] = trials(1)
-    tokens = tasks.repeated_tokens(64, half_len, model.cfg.d_vocab, seed=trial.seed)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens)
+    tokens = tasks.repeated_tokens(64, HALF_LEN, model.cfg.d_vocab, seed=trial.seed)
+    cache = _cache(model, tokens)
     n_layers = model.cfg.n_layers
     expected = {
         "previous_token_heads": all_head_scores(cache, n_layers, reference.previous_token_scores),
-        "induction_heads": all_head_scores(cache, n_layers, reference.induction_scores, half_len=half_len),
+        "induction_heads": all_head_scores(cache, n_layers, reference.induction_scores, half_len=HALF_LEN),
     }
     for name, given in [("previous_token_heads", previous_token_heads), ("induction_heads", induction_heads)]:
         try:
@@ -147,6 +270,75 @@ def circuit_heads(previous_token_heads: Any, induction_heads: Any) -> str:
     return "both lists match the heads whose scores exceed the threshold"
 
 
+def _working_until(n_heads: int, seq: int, until: Sequence[int]) -> Tensor:
+    """``[1, n_heads, seq, seq]``: head h attends to the previous token at query positions 1 .. until[h] and to BOS
+    after (query 0, BOS itself, attends to itself)."""
+    pattern = torch.zeros(1, n_heads, seq, seq)
+    for head in range(n_heads):
+        for q in range(seq):
+            pattern[0, head, q, q - 1 if 1 <= q <= until[head] else 0] = 1.0
+    return pattern
+
+
+@check("previous_token_attention")
+def previous_token_attention(fn: Callable) -> str:
+    """``fn(pattern [batch, n_heads, q, k]) -> [n_heads, q]``: entry ``p`` is query position ``p``'s mean attention
+    to position ``p - 1``; NaN at position 0."""
+    seq, until = 13, (7, 12, 0)
+    anchor = _working_until(len(until), seq, until)
+    expected = reference.previous_token_attention(anchor)
+    actual = call(fn, anchor.clone())
+    job = (f"heads that attend to the previous token at query positions 1 to {until[0]}, at every position, and "
+           f"never ({seq} positions)")
+    if isinstance(actual, Tensor) and tuple(actual.shape) == (len(until), seq - 1):
+        fail(f"your result has {seq - 1} entries per head for {seq} query positions: give one per query "
+             f"position, NaN at position 0 (BOS has no previous token), so that entry p is query position p.")
+    curve = _as_float(actual, expected.shape)
+    if curve is not None:
+        if not torch.isnan(curve[:, 0]).all():
+            fail("entry 0 (query position 0, BOS) must be NaN (float('nan')): BOS has no previous token, and a 0 "
+                 "there would read as 'attends elsewhere'.")
+        if _matches(curve[:, 1:-1], expected[:, 2:]) or _matches(curve[:, 2:], expected[:, 1:-1]):
+            fail(f"for {job}, your curves are shifted by one position: entry p must be the attention of query "
+                 f"position p to position p - 1.")
+    compare(actual, expected, "the curves", context=f"of {job}", index=["H", "query "])
+    for trial in trials(3):
+        batch, n_heads, seq = trial.randint(1, 4), trial.randint(2, 6), trial.randint(8, 40)
+        pattern = _causal_pattern(batch, n_heads, seq, trial.generator)
+        before = pattern.clone()
+        actual = call(fn, pattern)
+        unchanged(before, pattern, "pattern")
+        compare(actual, reference.previous_token_attention(pattern), "the curves",
+                context=f"(pattern of shape {tuple(pattern.shape)})", index=["H", "query "])
+    return "heads that work everywhere, nowhere and up to a position; 3 random patterns of different shapes"
+
+
+@check("previous_token_until", functions=0, depends_on=("previous_token_attention",))
+def previous_token_until(given: Any) -> str:
+    """The last query position at which the strongest layer-0 previous-token head gives at least
+    ATTENTION_MAJORITY of its attention to the previous token (measured afresh)."""
+    model = models.fresh(MODEL)
+    [trial] = trials(1)
+    tokens = tasks.repeated_tokens(64, HALF_LEN, model.cfg.d_vocab, seed=trial.seed)
+    pattern = _cache(model, tokens)["blocks.0.attn.hook_pattern"]
+    strongest = int(reference.previous_token_scores(pattern).argmax())
+    curve = reference.previous_token_attention(pattern)[strongest]
+    stops = torch.nonzero(curve[1:] < ATTENTION_MAJORITY)
+    truth = int(stops[0]) if len(stops) else curve.shape[0] - 1  # curve[1 + i] is the first below: i is the last
+    if isinstance(given, bool) or not isinstance(given, (int, float)) or float(given) != int(given):
+        fail(f"previous_token_until should be a whole number (a query position), got {given!r}.")
+    given = int(given)
+    if given == truth:
+        return f"L0H{strongest} works up to query position {truth}, measured on a fresh batch"
+    if abs(given - truth) == 1:
+        fail(f"off by one. Give the query position itself (BOS is position 0, and entry p of "
+             f"previous_token_attention is query position p): the last one at which L0H{strongest} still gives at "
+             f"least {ATTENTION_MAJORITY} of its attention to the previous token.")
+    fail(f"L0H{strongest} does not stop at query position {given}: find the last position p at which its "
+         f"attention to the previous token is at least {ATTENTION_MAJORITY} (from position 1 up to p, every "
+         f"position is).")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Section 3: direct logit attribution
 # --------------------------------------------------------------------------------------------------------------
@@ -157,46 +349,83 @@ def head_direct_logit_attribution(fn: Callable) -> str:
     """``fn(z [batch, n_heads, d_head], W_O [n_heads, d_head, d_model], direction [batch, d_model]) ->
     [batch, n_heads]``."""
     for trial in trials(3):
-        batch, n_heads = trial.randint(1, 5), trial.randint(2, 6)
-        d_head, d_model = trial.randint(3, 16), trial.randint(8, 64)
+        batch, n_heads = trial.randint(2, 5), trial.randint(2, 6)
+        d_head, d_model = trial.randint(3, 16), trial.randint(17, 64)
         z = torch.randn(batch, n_heads, d_head, generator=trial.generator)
         W_O = torch.randn(n_heads, d_head, d_model, generator=trial.generator)
         direction = torch.randn(batch, d_model, generator=trial.generator)
         actual = call(fn, z.clone(), W_O.clone(), direction.clone())
         context = f"(z of shape {tuple(z.shape)})"
+        expected = reference.head_direct_logit_attribution(z, W_O, direction)
         # The property first: the heads' terms add up to the whole layer's output along the direction.
         total = (torch.einsum("bhd,hdm->bm", z, W_O) * direction).sum(-1)
-        if tuple(getattr(actual, "shape", ())) == (batch, n_heads):
-            compare(actual.sum(-1), total, "the sum over heads of your attributions", atol=1e-3,
+        terms = _as_float(actual, (batch, n_heads))
+        if terms is not None:
+            compare(terms.sum(-1), total, "the sum over heads of your attributions", atol=1e-3,
                     context=f"{context}: it must equal the layer's summed output dotted with the direction",
                     index=["example "])
-        compare(actual, reference.head_direct_logit_attribution(z, W_O, direction), "the attributions",
-                context=context, atol=1e-3, index=["example ", "H"])
+        _explain(actual, expected, [
+            (lambda: expected.T, "your result is [n_heads, batch]; return [batch, n_heads]."),
+            (lambda: expected[:1].expand(batch, n_heads),
+             "every example gets the first example's attributions: each example has its own direction "
+             "(direction[i] for example i)."),
+        ], atol=1e-3)
+        compare(actual, expected, "the attributions", context=context, atol=1e-3, index=["example ", "H"])
     return "3 random shapes; the heads' attributions add up to the layer's output"
+
+
+def _with_random_biases(generator: torch.Generator):
+    """The course model with random unembedding and output biases (the trained ones are zero or small), so that a
+    decomposition that leaves a bias out cannot sum to the truth. It travels to a graded kernel by its weights."""
+    model = models.fresh(MODEL)
+    state = model.state_dict()
+    for name in [n for n in state if n == "unembed.bias" or n.endswith("attn.o.bias")]:
+        state[name] = torch.randn(state[name].shape, generator=generator)
+    model.load_state_dict(state)
+    model.zoo_name = None  # no longer the zoo's model: send it with its weights
+    return model
 
 
 @check("decompose_logit_diff", depends_on=("head_direct_logit_attribution",))
 def decompose_logit_diff(fn: Callable) -> str:
     """``fn(model, cache, answer, wrong) -> (terms [n_components], labels)``, summing to the true logit difference."""
-    model = models.fresh(MODEL)
     for trial in trials(2):
-        pair = tasks.patching_pair(trial.randint(6, 16), trial.randint(8, 15), model.cfg.d_vocab, seed=trial.seed)
+        model = _with_random_biases(trial.generator)
+        batch = trial.randint(6, 16)
+        pair = tasks.patching_pair(batch, trial.randint(8, 15), model.cfg.d_vocab, seed=trial.seed)
         with torch.no_grad():
             logits, cache = model.run_with_cache(pair.clean)
             expected, labels = reference.decompose_logit_diff(model, cache, pair.answer, pair.wrong)
         result = call(fn, model, cache, pair.answer, pair.wrong)
-        if not (isinstance(result, tuple) and len(result) == 2):
+        if not (isinstance(result, (tuple, list)) and len(result) == 2):
             fail("return a pair (terms, labels).")
         terms, given_labels = result
-        if list(given_labels) != labels:
-            fail(f"the labels should be {labels}, in that order; got {list(given_labels)}.")
-        terms = torch.as_tensor(terms).detach()
+        if isinstance(terms, (list, tuple)):
+            try:
+                terms = torch.stack([torch.as_tensor(t, dtype=torch.float64).reshape(()) for t in terms])
+            except (TypeError, ValueError, RuntimeError):
+                fail("terms should be a tensor of one number per component.")
+        if not isinstance(terms, Tensor) or terms.ndim != 1:
+            shape = tuple(terms.shape) if isinstance(terms, Tensor) else type(terms).__name__
+            fail(f"terms should be a 1-d tensor, one batch-mean number per component; got {shape}.")
+        given_labels = [str(label) for label in given_labels]
+        context = f"(a fresh batch of {batch} prompts, on the model with random output and unembedding biases)"
+        # The property first: the decomposition is exact, so the terms sum to the model's logit difference.
         true_diff = float(LogitDiff(pair.answer, pair.wrong)(logits))
-        if terms.shape == expected.shape and abs(float(terms.sum()) - true_diff) > 1e-3 * max(1.0, abs(true_diff)):
-            fail(f"your terms sum to {float(terms.sum()):.4g}, but the model's logit difference is {true_diff:.4g} "
-                 f"(on a fresh batch): the decomposition is exact, so some term is missing or wrong.")
-        compare(terms, expected.detach(), "the terms", atol=1e-3, index=lambda i: labels[i[0]])
-    return "2 fresh prompt batches; the terms sum to the true logit difference"
+        total = float(terms.detach().double().sum())
+        if abs(total - true_diff) > 1e-3 * max(1.0, abs(true_diff)):
+            if math.isclose(total, batch * true_diff, rel_tol=1e-3):
+                fail(f"your terms sum to {total:.4g}, {batch} times the logit difference {true_diff:.4g} {context}: "
+                     f"each term is the mean over the batch, not the sum.")
+            missing = [label for label in labels if label not in given_labels]
+            note = f" (your labels lack {', '.join(map(repr, missing))})" if missing else ""
+            fail(f"your terms sum to {total:.4g}, but the model's logit difference is {true_diff:.4g} {context}: the "
+                 f"decomposition is exact, so some term is missing or wrong{note}.")
+        if given_labels != labels:
+            fail(f"the labels should be {labels}, in that order; got {given_labels}.")
+        compare(terms, expected.detach(), "the terms", atol=1e-3, context=context,
+                index=lambda i: labels[i[0]])
+    return "2 fresh prompt batches, with random biases; the terms sum to the true logit difference"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -215,7 +444,10 @@ def ablate_head(fn: Callable) -> str:
         z = torch.randn(batch, pos, n_heads, d_head, generator=trial.generator)
         ref = torch.randn(6, pos + 2, n_heads, d_head, generator=trial.generator)
         index = torch.randint(0, 6, (batch,), generator=trial.generator)
+        while torch.equal(index, torch.arange(batch)):  # resampling must differ from taking the first rows
+            index = torch.randint(0, 6, (batch,), generator=trial.generator)
         head = (trial.index + 1) % n_heads
+        others = [h for h in range(n_heads) if h != head]
         for method in UNKNOWN_ABLATION_METHODS:
             if not raises(ValueError, fn, z.clone(), head, method, ref.clone(), index.clone()):
                 fail(f"method={method!r} returned a value; an unknown method should raise a ValueError (so that a "
@@ -224,15 +456,34 @@ def ablate_head(fn: Callable) -> str:
             before = z.clone()
             actual = call(fn, z, head, method, ref.clone(), index.clone())
             unchanged(before, z, "z")
+            context = f"({method} ablation of H{head}, z of shape {tuple(z.shape)})"
+            out = _as_float(actual, z.shape)
+            if out is not None:
+                changed = [f"H{h}" for h in others if not torch.allclose(out[:, :, h], z[:, :, h].double())]
+                if changed:
+                    fail(f"your {method} ablation of H{head} also changed {', '.join(changed)}: every head but the "
+                         f"one asked for must be left as it was (index the head dimension, z[:, :, head]).")
             expected = reference.ablate_head(z, head, method, ref, index)
-            others = [h for h in range(n_heads) if h != head]
-            compare(actual[:, :, others] if isinstance(actual, Tensor) and actual.shape == z.shape else actual,
-                    z[:, :, others], "the heads you did not ablate", context=f"({method} ablation of H{head}: "
-                    f"the other heads must be left as they were)")
-            compare(actual, expected, "the ablated z", context=f"({method} ablation of H{head})",
-                    index=["example ", "pos ", "H", "d_head "])
+            ablated = lambda value: reference.ablate_head(z, head, "zero") + _only_head(value, head, z.shape)
+            _explain(actual, expected, [
+                (lambda: ablated(ref[:, :pos, head].mean(dim=(0, 1))),
+                 f"your mean ablation puts the same vector at every position: the mean is over the reference's "
+                 f"batch only, one mean per position {context}."),
+                (lambda: ablated(z[:, :, head].mean(dim=0)),
+                 f"you averaged z itself; the mean comes from `reference` (its first pos positions) {context}."),
+                (lambda: ablated(ref[:batch, :pos, head]),
+                 f"row i must get reference row resample_index[i], not reference row i {context}."),
+            ])
+            compare(actual, expected, "the ablated z", context=context, index=["example ", "pos ", "H", "d_head "])
     return ("unknown methods refused; zero, mean and resample ablation on 2 random shapes; other heads and your "
             "input left untouched")
+
+
+def _only_head(value: Tensor, head: int, shape: torch.Size) -> Tensor:
+    """A tensor of ``shape`` that is zero except ``[:, :, head]``, which is ``value`` (broadcast)."""
+    out = torch.zeros(shape)
+    out[:, :, head] = value
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -258,79 +509,192 @@ def normalised_metric(fn: Callable) -> str:
             clean, corrupted = float(clean), float(corrupted)
         context = (f"(value of shape {tuple(shape)}, clean and corrupted as {kind}s, clean "
                    f"{'below' if clean_below else 'above'} corrupted)")
-        cases.append((values, clean, corrupted, context))
-    # The anchors first: the clean run itself maps to 1, the corrupted run to 0.
-    for values, clean, corrupted, context in cases:
-        for end, target, label in [(clean, 1.0, "clean"), (corrupted, 0.0, "corrupted")]:
-            run_value = torch.as_tensor(end).float().clone()
-            compare(call(fn, run_value, clean, corrupted), torch.full(run_value.shape, target),
-                    f"the metric of the {label} run itself (it must be {target:g})", context=context)
-    for values, clean, corrupted, context in cases:
+        cases.append((values, clean, corrupted, context, ["example "] if kind == "per-example tensor" else None))
+    # The anchors first: the clean run itself maps to 1, the corrupted run to 0 (and not the other way round).
+    for values, clean, corrupted, context, names in cases:
+        at_clean, at_corrupted = (torch.as_tensor(end).float().clone() for end in (clean, corrupted))
+        clean_maps = call(fn, at_clean, clean, corrupted)
+        corrupted_maps = call(fn, at_corrupted, clean, corrupted)
+        if _matches(clean_maps, torch.zeros(at_clean.shape)) and _matches(corrupted_maps, torch.ones(at_clean.shape)):
+            fail(f"your function maps the clean run to 0 and the corrupted run to 1 {context}: you swapped clean and "
+                 f"corrupted. 1 means 'as clean', 0 'as corrupted'.")
+        for maps, end, target in [(clean_maps, "clean", 1.0), (corrupted_maps, "corrupted", 0.0)]:
+            got = _as_float(maps, at_clean.shape)
+            if got is not None and not _matches(got, torch.full(at_clean.shape, target)):
+                fail(f"your function maps the {end} run's own metric to {float(got.flatten()[0]):.4g}; it must map it "
+                     f"to {target:g} {context}.")
+            compare(maps, torch.full(at_clean.shape, target), f"the normalised metric of the {end} run itself",
+                    context=context, index=names)
+    for values, clean, corrupted, context, names in cases:
         expected = torch.as_tensor(reference.normalised_metric(values, clean, corrupted)).float()
-        compare(call(fn, values.clone(), clean, corrupted), expected, "the normalised values", context=context)
+        compare(call(fn, values.clone(), clean, corrupted), expected, "the normalised values", context=context,
+                index=names)
     return (f"the clean run maps to 1 and the corrupted run to 0; {len(cases)} random trials (floats and tensors, "
             f"either sign)")
 
 
-def _patching_trials(model, corruption: str = "value"):
-    for trial in trials(2):
+def _patching_trials(model, corruption: str = "value", n: int = 2):
+    for trial in trials(n):
         pair = tasks.patching_pair(trial.randint(5, 8), trial.randint(6, 10), model.cfg.d_vocab,
                                    corruption=corruption, seed=trial.seed)
         yield pair, LogitDiff(pair.answer, pair.wrong)
 
 
-def _check_patching(fn: Callable, reference_fn: Callable, what: str, index) -> None:
-    model = models.fresh(MODEL)
-    for pair, metric in _patching_trials(model):
-        expected = reference_fn(model, pair.clean, pair.corrupted, metric).detach()
-        actual = call(fn, model, pair.clean.clone(), pair.corrupted.clone(), metric)
-        model.reset_hooks()
-        compare(actual, expected, what, atol=1e-3, context=f"(a fresh clean/corrupted batch of shape "
-                f"{tuple(pair.clean.shape)}; metric = the raw logit difference)", index=index)
+def _batch_context(pair) -> str:
+    return f"(a fresh clean/corrupted batch of shape {tuple(pair.clean.shape)}; metric = the raw logit difference)"
 
 
 @check("patch_residual_by_layer_pos")
 def patch_residual_by_layer_pos(fn: Callable) -> str:
     """``fn(model, clean, corrupted, metric) -> [n_layers, pos]``."""
-    _check_patching(fn, reference.patch_residual_by_layer_pos, "the patching map", ["L", "pos "])
-    return "2 fresh clean/corrupted batches of different lengths"
+    model = models.fresh(MODEL)
+    for pair, metric in _patching_trials(model):
+        expected = reference.patch_residual_by_layer_pos(model, pair.clean, pair.corrupted, metric).detach()
+        actual = call(fn, model, pair.clean.clone(), pair.corrupted.clone(), metric)
+        model.reset_hooks()
+        context = _batch_context(pair)
+        found = _as_float(actual, expected.shape)
+        if found is not None:
+            # Known answers: before layer 0 only the changed token's position differs between the two runs.
+            clean_value = float(_metric_of(model, pair.clean, metric))
+            corrupted_value = float(_metric_of(model, pair.corrupted, metric))
+            source = pair.source_pos
+            others = torch.cat([found[0, :source], found[0, source + 1:]])
+            if _matches(others, torch.full(others.shape, clean_value), atol=1e-3) \
+                    and _matches(found[0, source], corrupted_value, atol=1e-3):
+                fail(f"where patching changes nothing (layer 0, every position but the changed token's) your map "
+                     f"gives the clean run's metric {clean_value:.4g}, not the corrupted run's {corrupted_value:.4g} "
+                     f"{context}: you swapped them. Run the corrupted input and patch in the clean activations.")
+            if not _matches(others, torch.full(others.shape, corrupted_value), atol=1e-3):
+                fail(f"at layer 0 only position {source} (the changed token) differs between the two runs, so "
+                     f"patching any other position must leave the corrupted run's metric {corrupted_value:.4g}; "
+                     f"yours does not {context}. Patch one position at a time, and clone the activation before "
+                     f"changing it.")
+            if not _matches(found[0, source], clean_value, atol=1e-3):
+                fail(f"patching layer 0 at position {source}, the only one that differs, must restore the clean "
+                     f"run's metric {clean_value:.4g} exactly; yours gives {float(found[0, source]):.4g} {context}. "
+                     f"Patch blocks.L.hook_resid_pre (the stream entering block L) at that position.")
+        compare(actual, expected, "the patching map", atol=1e-3, context=context, index=["L", "pos "])
+    return "changed and unchanged positions at layer 0; 2 fresh clean/corrupted batches of different lengths"
 
 
 @check("patch_heads")
 def patch_heads(fn: Callable) -> str:
     """``fn(model, clean, corrupted, metric) -> [n_layers, n_heads]``."""
-    _check_patching(fn, reference.patch_heads, "the per-head results", layer_head_index)
-    return "2 fresh clean/corrupted batches"
+    model = models.fresh(MODEL)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    for pair, metric in _patching_trials(model):
+        context = _batch_context(pair)
+        if pair is not None and not hasattr(patch_heads, "_anchored"):
+            pass
+        expected = reference.patch_heads(model, pair.clean, pair.corrupted, metric).detach()
+        actual = call(fn, model, pair.clean.clone(), pair.corrupted.clone(), metric)
+        model.reset_hooks()
+        clean_cache = _cache(model, pair.clean)
+
+        def whole_layers() -> Tensor:
+            rows = [_patch_z(model, pair.corrupted, clean_cache, layer, range(n_heads), metric)
+                    for layer in range(n_layers)]
+            return torch.stack(rows)[:, None].expand(n_layers, n_heads)
+
+        def last_position() -> Tensor:
+            return torch.tensor([[float(_patch_z(model, pair.corrupted, clean_cache, layer, [head], metric,
+                                                 positions=slice(-1, None)))
+                                  for head in range(n_heads)] for layer in range(n_layers)])
+
+        _explain(actual, expected, [
+            (lambda: reference.patch_heads(model, pair.corrupted, pair.clean, metric),
+             f"you ran the clean input and patched in the corrupted run's activations {context}: run the corrupted "
+             f"input and patch in the clean ones."),
+            (whole_layers, f"every head of a layer gives the same result: you patched the whole layer's z at once "
+                           f"{context}; patch one head's slice, z[:, :, head]."),
+            (last_position, f"you patched the head at the last position only {context}; patch it at every "
+                            f"position."),
+        ], atol=1e-3)
+        compare(actual, expected, "the per-head results", atol=1e-3, context=context, index=layer_head_index)
+    # A known answer: with nothing to patch (clean = corrupted) every head gives the corrupted run's metric.
+    pair, metric = next(_patching_trials(model, n=1))
+    same = call(fn, model, pair.corrupted.clone(), pair.corrupted.clone(), metric)
+    model.reset_hooks()
+    compare(same, _metric_of(model, pair.corrupted, metric).expand(n_layers, n_heads), "the per-head results",
+            atol=1e-3, index=layer_head_index, context="with clean = corrupted (patching then changes nothing: "
+            "every entry must be the corrupted run's metric)")
+    return "2 fresh clean/corrupted batches; clean = corrupted changes nothing"
 
 
 @check("attribution_patch_heads")
 def attribution_patch_heads(fn: Callable) -> str:
     """``fn(model, clean, corrupted, metric) -> [n_layers, n_heads]`` (the gradient estimate)."""
     model = models.fresh(MODEL)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    start_from = ("the first-order estimate is metric(corrupted) + gradient . (z_clean - z_corrupted): add the "
+                  "starting value (a normalised metric hides this mistake, because it is 0 on the corrupted run)")
+    # A known answer first: with clean = corrupted there is nothing to patch, every estimate is metric(corrupted).
+    pair, metric = next(_patching_trials(model, n=1))
+    at_corrupted = float(_metric_of(model, pair.corrupted, metric))
+    same = call(fn, model, pair.corrupted.clone(), pair.corrupted.clone(), metric)
+    model.reset_hooks()
+    if _matches(same, torch.zeros(n_layers, n_heads), atol=1e-3):
+        fail(f"with clean = corrupted every estimate must be metric(corrupted) = {at_corrupted:.4g} (there is "
+             f"nothing to patch); yours are 0: {start_from}.")
+    compare(same, torch.full((n_layers, n_heads), at_corrupted), "the estimates", atol=1e-3, index=layer_head_index,
+            context=f"with clean = corrupted (nothing to patch: every estimate must be metric(corrupted) = "
+                    f"{at_corrupted:.4g})")
     for pair, metric in _patching_trials(model):
         expected = reference.attribution_patch_heads(model, pair.clean, pair.corrupted, metric).detach()
         actual = call(fn, model, pair.clean.clone(), pair.corrupted.clone(), metric)
         model.reset_hooks()
-        if isinstance(actual, Tensor) and actual.shape == expected.shape:
-            with torch.no_grad():
-                at_corrupted = float(metric(model(pair.corrupted)))
-            offset = (actual.detach().double() - expected.double())
-            if abs(at_corrupted) > 1e-2 and torch.allclose(offset, torch.full_like(offset, -at_corrupted), atol=1e-3):
-                fail(f"every estimate is off by exactly -{at_corrupted:.4g}, the metric of the corrupted run: the "
-                     f"first-order estimate is metric(corrupted) + gradient . (z_clean - z_corrupted); add the "
-                     f"starting value (a normalised metric hides this, because it is 0 on the corrupted run).")
-        compare(actual, expected, "the estimates", atol=1e-3, index=layer_head_index,
-                context=f"(a fresh clean/corrupted batch of shape {tuple(pair.clean.shape)}; metric = the raw logit "
-                        f"difference)")
-    return "2 fresh clean/corrupted batches, with the raw logit difference as the metric"
+        context = _batch_context(pair)
+        at_corrupted = float(_metric_of(model, pair.corrupted, metric))
+        found = _as_float(actual, expected.shape)
+        if found is not None and not _matches(found, expected, atol=1e-3):
+            if _matches(found, expected - at_corrupted, atol=1e-3):
+                fail(f"every estimate is off by exactly -{at_corrupted:.4g}, the metric of the corrupted run "
+                     f"{context}: {start_from}.")
+            if _matches(found, 2 * at_corrupted - expected, atol=1e-3):
+                fail(f"your estimates move the wrong way from metric(corrupted) {context}: the step is "
+                     f"z_clean - z_corrupted (towards the clean run), not the reverse.")
+            if _matches(found[-1], expected[-1], atol=1e-3):
+                bad = [f"L{layer}H{head}" for layer in range(n_layers - 1) for head in range(n_heads)
+                       if not _matches(found[layer, head], expected[layer, head], atol=1e-3)]
+                fail(f"your last layer's estimates are right but {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} "
+                     f"are not {context}: the gradient with respect to an earlier layer's z must flow through the "
+                     f"later layers. Do not detach z in the hooks (z.detach().requires_grad_() cuts the graph there); "
+                     f"add a zero probe that requires grad instead.")
+        _explain(actual, expected, [
+            (lambda: reference.attribution_patch_heads(model, pair.corrupted, pair.clean, metric),
+             f"you linearised around the clean run and stepped towards the corrupted one {context}: the estimate "
+             f"starts from the corrupted run (its metric and gradient) and steps by z_clean - z_corrupted."),
+        ], atol=1e-3)
+        compare(actual, expected, "the estimates", atol=1e-3, index=layer_head_index, context=context)
+    return "clean = corrupted gives metric(corrupted); 2 fresh clean/corrupted batches, with the raw logit difference"
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Section 7: path patching and composition
+# Section 7: path patching, composition, copying and prefix matching
 # --------------------------------------------------------------------------------------------------------------
 
 #: Sender/receiver pairs that are no path (same layer, or the sender after the receiver): they must raise ValueError.
 IMPOSSIBLE_PATHS = [((1, 0), (1, 1)), ((0, 2), (0, 1)), ((1, 2), (0, 3))]
+
+
+def _add_to_receiver(model, pair, sender, receiver, metric, hook_kind: str, all_receivers: bool = False) -> Tensor:
+    """The sender's clean-minus-corrupted output added to the receiver's ``q``, ``k`` or ``v`` input (one head, or
+    every head of the receiver's layer): what a path patch through the wrong input gives."""
+    (s_layer, s_head), (r_layer, r_head) = sender, receiver
+    name = f"blocks.{s_layer}.attn.hook_z"
+    delta = (_cache(model, pair.clean)[name][:, :, s_head] - _cache(model, pair.corrupted)[name][:, :, s_head])
+    delta_out = delta @ model.W_O[s_layer, s_head]
+    weight = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}[hook_kind][r_layer]  # [n_heads, d_model, d_head]
+    heads = range(model.cfg.n_heads) if all_receivers else [r_head]
+
+    def hook(x, hook):
+        x = x.clone()
+        for head in heads:
+            x[:, :, head] += delta_out @ weight[head]
+        return x
+
+    return _metric_of(model, pair.corrupted, metric, [(f"blocks.{r_layer}.attn.hook_{hook_kind}", hook)])
 
 
 @check("path_patch_key")
@@ -347,8 +711,7 @@ def path_patch_key(fn: Callable) -> str:
                  f"that is not in an earlier layer than the receiver is no path at all and should raise a ValueError.")
         model.reset_hooks()
     # ... and with identical clean and corrupted inputs there is nothing to restore: the corrupted run's metric.
-    with torch.no_grad():
-        unchanged_metric = metric(model(pair.corrupted))
+    unchanged_metric = _metric_of(model, pair.corrupted, metric)
     actual = call(fn, model, pair.corrupted.clone(), pair.corrupted.clone(), (0, 3), (1, 2), metric)
     model.reset_hooks()
     compare(actual, unchanged_metric, "the result", atol=1e-3,
@@ -357,31 +720,222 @@ def path_patch_key(fn: Callable) -> str:
     paths = [((0, 3), (1, 1)), ((0, 1), (1, 0)), ((0, 0), (1, 2))]
     for sender, receiver in paths:
         for pair, metric in _patching_trials(model, corruption="key"):
-            expected = reference.path_patch_key(model, pair.clean, pair.corrupted, sender, receiver, metric)
+            expected = reference.path_patch_key(model, pair.clean, pair.corrupted, sender, receiver, metric).detach()
             actual = call(fn, model, pair.clean.clone(), pair.corrupted.clone(), sender, receiver, metric)
             model.reset_hooks()
-            compare(actual, expected.detach(), "the result", atol=1e-3,
-                    context=f"(path L{sender[0]}H{sender[1]} -> L{receiver[0]}H{receiver[1]}'s key, a fresh batch of "
-                            f"shape {tuple(pair.clean.shape)})")
+            path = f"L{sender[0]}H{sender[1]} -> L{receiver[0]}H{receiver[1]}'s key"
+            context = f"(path {path}, a fresh batch of shape {tuple(pair.clean.shape)})"
+            _explain(actual, expected, [
+                (lambda: _patch_z(model, pair.corrupted, _cache(model, pair.clean), sender[0], [sender[1]], metric),
+                 f"your result is what patching the sender's whole output gives {context}: that restores every path "
+                 f"from the sender (to every later head's query, key and value, and to the logits). Add the "
+                 f"sender's clean-minus-corrupted output to the receiver's key only."),
+                (lambda: _add_to_receiver(model, pair, sender, receiver, metric, "k", all_receivers=True),
+                 f"you changed the key of every head in the receiver's layer {context}; change the receiver head's "
+                 f"key only."),
+                (lambda: _add_to_receiver(model, pair, sender, receiver, metric, "q"),
+                 f"you patched the receiver's query {context}; this exercise patches its key (hook_k, through "
+                 f"W_K)."),
+                (lambda: _add_to_receiver(model, pair, sender, receiver, metric, "v"),
+                 f"you patched the receiver's value {context}; this exercise patches its key (hook_k, through "
+                 f"W_K)."),
+                (lambda: reference.path_patch_key(model, pair.corrupted, pair.clean, sender, receiver, metric),
+                 f"you ran the clean input with corrupted activations on the path {context}: run the corrupted "
+                 f"input and restore the clean activations along the path."),
+            ], atol=1e-3)
+            compare(actual, expected, "the result", atol=1e-3, context=context)
     return "impossible paths refused; clean = corrupted changes nothing; 3 sender/receiver pairs on 2 fresh batches"
 
 
 @check("composition_score")
 def composition_score(fn: Callable) -> str:
     """``fn(W_A [..., n, m], W_B [..., m, k]) -> [...]``."""
+    # Known answers first. Identities compose fully, but the score of two n x n identities is 1 / sqrt(n)...
+    n = 8
+    identity = torch.eye(n)
+    compare(call(fn, identity.clone(), identity.clone()), torch.tensor(n ** -0.5), "the score of W_A = W_B = I_8",
+            context="(||I I||_F / (||I||_F ||I||_F) = 1 / sqrt(8))")
+    # ... and when W_A writes only where W_B does not read, nothing passes: the score is 0.
+    writes, reads = torch.zeros(n, n), torch.zeros(n, n)
+    writes[0, 1], reads[0, 1] = 1.0, 1.0  # x W_A puts x_0 in direction 1; W_B reads direction 0 only
+    disjoint = call(fn, writes, reads)
+    if not _matches(disjoint, 0.0):
+        fail(f"W_A writes only to direction 1 and W_B reads only direction 0, so their product is zero and the score "
+             f"must be 0; yours is {float(torch.as_tensor(disjoint).flatten()[0]):.4g}: use the matrix product "
+             f"W_A @ W_B (not an element-wise product).")
     shapes = [((8, 8), (8, 8)), ((3, 6, 5), (3, 5, 7)), ((2, 1, 4, 4), (1, 3, 4, 4))]
     for trial, (shape_a, shape_b) in zip(trials(len(shapes)), shapes):
         W_A = torch.randn(*shape_a, generator=trial.generator)
         W_B = torch.randn(*shape_b, generator=trial.generator)
         context = f"(W_A {tuple(W_A.shape)}, W_B {tuple(W_B.shape)})"
-        # The property first: the score measures directions, not sizes.
+        expected = reference.composition_score(W_A, W_B)
+        # The property next: the score measures directions, not sizes.
         plain = call(fn, W_A.clone(), W_B.clone())
         rescaled = call(fn, 3.0 * W_A, 0.5 * W_B)
-        if isinstance(plain, Tensor) and isinstance(rescaled, Tensor) and plain.shape == rescaled.shape:
-            compare(rescaled, plain.detach(), "the score of 3 W_A and 0.5 W_B", context=f"{context}: rescaling a "
-                    f"matrix must not change the score (divide by both norms)")
-        compare(plain, reference.composition_score(W_A, W_B), "the scores", context=context)
-    return "invariant to rescaling; 3 shapes, batched"
+        first, second = _as_float(plain, expected.shape), _as_float(rescaled, expected.shape)
+        if first is not None and second is not None and not _matches(second, first):
+            ratio = float((second / first).flatten()[0])
+            which = {3.0: "W_A: divide by ||W_A||_F", 0.5: "W_B: divide by ||W_B||_F",
+                     1.5: "both matrices: divide by ||W_A||_F ||W_B||_F"}
+            hint = next((text for factor, text in which.items() if math.isclose(ratio, factor, rel_tol=1e-3)),
+                        "the matrices' sizes: divide by both Frobenius norms")
+            fail(f"rescaling W_A by 3 and W_B by 0.5 multiplies your score by {ratio:.4g} {context}; the score must "
+                 f"not change: yours grows with {hint}.")
+        compare(plain, expected, "the scores", context=context, index=["pair "])
+    return "1 / sqrt(n) for identities, 0 for disjoint directions; invariant to rescaling; 3 shapes, batched"
+
+
+def _identity_ov(n: int, factors: Sequence[float]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """W_E, W_V, W_O, W_U with d_vocab = d_model = d_head = n: W_E, W_U and every W_V the identity, W_O[h] =
+    factors[h] times the identity."""
+    eye = torch.eye(n)
+    W_V = eye.expand(len(factors), n, n).clone()
+    W_O = torch.stack([factor * eye for factor in factors])
+    return eye.clone(), W_V, W_O, eye.clone()
+
+
+@check("full_ov_circuit")
+def full_ov_circuit(fn: Callable) -> str:
+    """``fn(W_E [d_vocab, d_model], W_V [n_heads, d_model, d_head], W_O [n_heads, d_head, d_model], W_U [d_model,
+    d_vocab]) -> [n_heads, d_vocab, d_vocab]``."""
+    factors, n = (1.0, -1.0, 2.0), 6
+    weights = _identity_ov(n, factors)
+    actual = call(fn, *(w.clone() for w in weights))
+    expected = reference.full_ov_circuit(*weights)
+    if isinstance(actual, Tensor) and tuple(actual.shape) == (n, n):
+        fail(f"your result has shape {tuple(actual.shape)}: one circuit per head, [n_heads, d_vocab, d_vocab] (did "
+             f"you sum over the heads?).")
+    compare(actual, expected, "the circuits", index=["H", "token ", "logit of token "],
+            context=f"(d_vocab = d_model = d_head = {n}; W_E, W_U and every W_V the identity, W_O[h] = c_h times "
+                    f"the identity with c = {list(factors)}: head h's circuit must be c_h times the identity)")
+    for trial in trials(3):
+        n_heads, d_head = trial.randint(1, 4), trial.randint(2, 8)
+        d_model, d_vocab = trial.randint(9, 16), trial.randint(17, 40)
+        W_E = torch.randn(d_vocab, d_model, generator=trial.generator)
+        W_V = torch.randn(n_heads, d_model, d_head, generator=trial.generator)
+        W_O = torch.randn(n_heads, d_head, d_model, generator=trial.generator)
+        W_U = torch.randn(d_model, d_vocab, generator=trial.generator)
+        expected = reference.full_ov_circuit(W_E, W_V, W_O, W_U)
+        actual = call(fn, W_E.clone(), W_V.clone(), W_O.clone(), W_U.clone())
+        context = f"(d_vocab {d_vocab}, d_model {d_model}, {n_heads} heads of size {d_head})"
+        _explain(actual, expected, [
+            (lambda: expected.transpose(-1, -2),
+             f"you returned the transpose {context}: row t must be the token the head reads (attends to), through "
+             f"W_E; column s the logit it writes, through W_U."),
+        ], atol=1e-3, rtol=1e-3)
+        compare(actual, expected, "the circuits", context=context, atol=1e-3, rtol=1e-3,
+                index=["H", "token ", "logit of token "])
+    return "identity weights give the identity; 3 random shapes"
+
+
+def _column_winner(n: int) -> Tensor:
+    """``[n, n]``: the diagonal wins every column but only row 0 (column 0 holds large values)."""
+    matrix = torch.eye(n)
+    matrix[:, 0] = 2.0
+    matrix[0, 0] = 3.0
+    return matrix
+
+
+@check("diagonal_win_rate")
+def diagonal_win_rate(fn: Callable) -> str:
+    """``fn(circuit [..., n, n]) -> [...]``: the fraction of rows whose diagonal entry is the largest of the row."""
+    n = 8
+    half_shifted = torch.eye(n)
+    half_shifted[n // 2:] = torch.eye(n).roll(1, dims=-1)[n // 2:]
+    anchors = {
+        "the identity": (torch.eye(n), 1.0),
+        "a shifted identity (row t's largest entry is in column t + 1)": (torch.eye(n).roll(1, dims=-1), 0.0),
+        "the identity with its last half of rows shifted": (half_shifted, 0.5),
+        "half the identity (diagonal 0.5, the rest 0)": (0.5 * torch.eye(n), 1.0),
+        "a matrix whose column 0 is large (the diagonal wins every column, but only row 0)":
+            (_column_winner(n), 1.0 / n),
+    }
+    batch = torch.stack([matrix for matrix, _ in anchors.values()])  # [n_anchors, n, n]
+    wanted = torch.tensor([score for _, score in anchors.values()])
+    actual = call(fn, batch.clone())
+    names = list(anchors)
+    found = _as_float(actual, wanted.shape)
+    if found is not None and not _matches(found, wanted):
+        if math.isclose(float(found[-1]), 1.0, abs_tol=1e-6) and _matches(found[:-1], wanted[:-1]):
+            fail(f"{names[-1]} scores 1 with your function; it must score 1/{n}: you compared each diagonal entry "
+                 f"with its column. Compare it with its row: for a source token, does its own entry beat every "
+                 f"other entry of its row?")
+        if math.isclose(float(found[3]), 0.5, abs_tol=1e-6):
+            fail(f"{names[3]} scores 0.5 with your function; it must score 1: the score is the fraction of rows "
+                 f"whose diagonal entry is the row's largest (a count), not the size of the diagonal entries.")
+    compare(actual, wanted, "the scores", context=f"of {n} x {n} anchor matrices",
+            index=lambda i: names[i[0]])
+    for trial in trials(3):
+        lead = tuple(trial.randint(1, 3) for _ in range(trial.index))  # 0, 1 and 2 leading dimensions
+        n = trial.randint(5, 40)
+        circuit = torch.randn(*lead, n, n, generator=trial.generator) + 2.0 * torch.eye(n)  # about half the rows win
+        before = circuit.clone()
+        actual = call(fn, circuit)
+        unchanged(before, circuit, "circuit")
+        compare(actual, reference.diagonal_win_rate(circuit), "the scores",
+                context=f"(circuits of shape {tuple(circuit.shape)})", index=None if lead else None)
+    return "anchors (identity 1, shifted 0, half 0.5, column winner 1/n); random circuits, batched"
+
+
+def _shift(n: int) -> Tensor:
+    """``[n, n]`` permutation: row vector e_s maps to e_{s+1} (mod n)."""
+    return torch.eye(n).roll(1, dims=-1)
+
+
+@check("prefix_matching_circuit")
+def prefix_matching_circuit(fn: Callable) -> str:
+    """``fn(W_E [d_vocab, d_model], W_Q [n_heads, d_model, d_head], W_K [n_heads, d_model, d_head],
+    W_OV_prev [d_model, d_model]) -> [n_heads, d_vocab, d_vocab]``: entry ``[h, t, s]`` is head h's attention score
+    from a query on token t to a key whose previous token is s, as the previous-token head writes it."""
+    n = 6
+    eye = torch.eye(n)
+    # Known answers first: identity weights match every query to the key after its own token...
+    actual = call(fn, eye.clone(), eye[None].clone(), eye[None].clone(), eye.clone())
+    compare(actual, eye[None], "the circuit", index=["H", "query token ", "previous token "],
+            context=f"(d_vocab = d_model = d_head = {n}, every matrix the identity: the circuit must be the identity)")
+    # ... and a previous-token head that writes token s as token s + 1 moves every match by one.
+    expected = reference.prefix_matching_circuit(eye, eye[None], eye[None], _shift(n))
+    actual = call(fn, eye.clone(), eye[None].clone(), eye[None].clone(), _shift(n))
+    context = (f"(every matrix the identity, but W_OV_prev maps token s to token s + 1: the query on token s + 1 "
+               f"must match the key whose previous token is s)")
+    if _matches(actual, eye[None]):
+        fail(f"your circuit does not change when W_OV_prev does {context}: the key side must read what the "
+             f"previous-token head writes at the key's position: the previous token's embedding times W_OV_prev, "
+             f"then W_K.")
+    if _matches(actual, expected.transpose(-1, -2)):
+        fail(f"you returned the transpose {context}: rows are the query's token, columns the key's previous "
+             f"token; and W_OV_prev acts on row vectors (x @ W_OV_prev), as every weight in TransformerLens does.")
+    compare(actual, expected, "the circuit", context=context, index=["H", "query token ", "previous token "])
+    for trial in trials(3):
+        n_heads, d_head = trial.randint(1, 4), trial.randint(2, 8)
+        d_model, d_vocab = trial.randint(9, 16), trial.randint(17, 40)
+        W_E = torch.randn(d_vocab, d_model, generator=trial.generator)
+        W_Q = torch.randn(n_heads, d_model, d_head, generator=trial.generator)
+        W_K = torch.randn(n_heads, d_model, d_head, generator=trial.generator)
+        W_OV = torch.randn(d_model, d_model, generator=trial.generator)
+        expected = reference.prefix_matching_circuit(W_E, W_Q, W_K, W_OV)
+        actual = call(fn, W_E.clone(), W_Q.clone(), W_K.clone(), W_OV.clone())
+        context = f"(d_vocab {d_vocab}, d_model {d_model}, {n_heads} heads of size {d_head})"
+        _explain(actual, expected, [
+            (lambda: expected.transpose(-1, -2),
+             f"you returned the transpose {context}: rows are the query's token, columns the key's previous "
+             f"token."),
+            (lambda: reference.prefix_matching_circuit(W_E, W_Q, W_K, W_OV.T),
+             f"you applied W_OV_prev transposed {context}: the previous-token head writes x @ W_OV_prev for a row "
+             f"vector x."),
+            (lambda: expected / math.sqrt(d_head),
+             f"you divided by sqrt(d_head) {context}: the exercise asks for the product without the scaling (it "
+             f"does not change which key wins)."),
+            (lambda: reference.prefix_matching_circuit(W_E, W_K, W_Q, W_OV),
+             f"you swapped the query and key sides {context}: W_Q reads the query's own token, W_K the key's "
+             f"input."),
+            (lambda: (W_E @ W_Q) @ (W_E @ W_K).transpose(-1, -2),
+             f"your circuit leaves out W_OV_prev {context}: it matches a token to a key that holds the same token "
+             f"(a duplicate-token circuit), not to a key whose previous token it is."),
+        ], atol=1e-3, rtol=1e-3)
+        compare(actual, expected, "the circuit", context=context, atol=1e-3, rtol=1e-3,
+                index=["H", "query token ", "previous token "])
+    return "identity and shifted anchors; 3 random shapes"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -431,11 +985,18 @@ def measure(fn: Callable) -> str:
         measured = call(fn, model, tokens.clone(), half_len)
         if not isinstance(measured, dict):
             fail(f"return a dict, got {type(measured).__name__}.")
+        context = f"(on a fresh batch of {batch} sequences with half_len {half_len})"
         for key, value in expected.items():
             if key not in measured or measured[key] is None:
                 fail(f"missing the measurement {key!r}.")
-            compare(torch.tensor(float(measured[key])), torch.tensor(float(value)), repr(key), atol=1e-3,
-                    context=f"(on a fresh batch of {batch} sequences with half_len {half_len})")
+            try:
+                given = float(measured[key])
+            except (TypeError, ValueError):
+                fail(f"{key!r} should be a number, got {type(measured[key]).__name__}.")
+            if key == "in_context_learning_score" and math.isclose(given, -value, rel_tol=1e-3) and abs(value) > 1e-3:
+                fail(f"your in-context learning score has the wrong sign {context}: it is the late loss minus the "
+                     f"early one (negative when the model learns from its context).")
+            compare(torch.tensor(given), torch.tensor(float(value)), repr(key), atol=1e-3, context=context)
     return (f"all three numbers match on {len(MEASUREMENT_HALF_LENS)} fresh batches with half_len "
             f"{', '.join(map(str, MEASUREMENT_HALF_LENS))}")
 
@@ -505,5 +1066,3 @@ def counterexample(make_batch: Callable, which_predictions: Callable) -> str:
     hidden = " (hidden seeds)" if is_hidden() else ""
     return "; ".join(f"accuracy {o['full_accuracy']:.2f}, faithfulness {o['faithfulness']:.2f}"
                      for o in outcomes) + f" on 2 fresh samples{hidden}"
-
-

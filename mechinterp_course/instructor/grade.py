@@ -725,7 +725,7 @@ def grade(chapter: str, paths: list[str | os.PathLike], out_dir: str | os.PathLi
     # Stage 1a: read, repair, sanitise (no student code runs here).
     files = {p.name: str(p) for p in release_dir.iterdir() if p.is_file() and p.suffix != ".ipynb"}
     limits = limits or sandbox.Limits()
-    settings = {"timeout": timeout, "limits": limits.__dict__, "package": package, "package_dir": str(_package_dir())}
+    settings = {"timeout": float(timeout), "limits": limits.__dict__, "package": package, "package_dir": str(_package_dir())}
     tasks, reused = [], []
     for sub in submissions:
         notes = list(sub.problems)

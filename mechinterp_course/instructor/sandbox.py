@@ -349,6 +349,9 @@ class Plan:
         """The box of one kernel (or, with ``isolate``, of a function that may see its arguments only: the whole
         library is hidden, not just its answers)."""
         cover = [self.course_root, *self.hide]
+        checkout = Path(self.package_dir).parent  # an editable install: the package's own checkout (solutions/, .git)
+        if (checkout / "pyproject.toml").is_file():
+            cover.append(str(checkout))
         keep = [p for p in self.needed() if not (isolate and p == os.path.realpath(self.package_dir))]
         if isolate:
             cover.append(self.package_dir)

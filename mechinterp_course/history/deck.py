@@ -1,41 +1,28 @@
-"""Chapter 0, "History and landscape": the talk's history and maps of the field as data, and the reference
-implementations of the chapter's exercises.
+"""Chapter 00's deck data: the talk's history and maps of the field, transcribed, and the quizzes' questions.
 
 Two kinds of text live here, and every record says which it is:
 
 - **the deck's**: transcribed from the talk ("Mechanistic Interpretability: the big ideas, schools of thought, and
-  areas people care about and why"), with its slide number; quiz answer keys come only from these;
+  areas people care about and why"), with its slide number;
 - **the course's**: one-line paper summaries and glosses the course adds (``summary_by="course"``), kept to facts
   that are well known and stated in the papers themselves; dates the deck does not give (``date_by="course"``); and
   every pairing of a deck item with a chapter of this course.
 
 Anything presented as the deck's words is verbatim (its spelling and typography kept); tests/test_history.py checks
-each such string against the deck's text. Where the course shortens or rewords a line, the record says so.
+each such string against the deck's text. Where the course shortens or rewords a line, the record says so. Where the
+deck's *text* does not say something (for example where a paper sits on its ternary plot, whose picture is not part
+of the text), nothing here pretends it does.
 
-Where the deck's *text* does not say something (for example where a paper sits on its ternary plot, whose picture is
-not part of the text), nothing here pretends it does.
-
-The code half is the chapter's lab: the 8x8 digits data set that ships inside scikit-learn (no download), a small
-CNN with a ``run_with_cache`` in the style of TransformerLens, activation maximisation with jitter and L2 /
-total-variation penalties, top-activating dataset examples, training-data attribution by last-layer gradient
-similarity (TracIn-style, at the final checkpoint), and the computation that picks a research area from the
-student's point scores and the deck's.
+The quizzes' questions and options are here; their answers are not. Each answer is written once, in the solution
+notebook, and reaches the checks only as digests (``reference.ANSWER_KEYS``). The quizzes ask what the tables do not
+print: a work's lineage, a scenario's person, a project's area, a work's class in a taxonomy, a success's claim.
+The deck's big areas, with their point scores, are :data:`mechinterp_course.research.AREAS` (the course's one table).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
-
-import einops
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch import Tensor
-
-from . import research
-from .research import SCORE_KEYS
 
 # --------------------------------------------------------------------------------------------------------------
 # The course's chapters (the README's table), so that events and north stars can point at the one that studies them
@@ -67,6 +54,7 @@ def chapters_label(codes: Sequence[str]) -> str:
     """The labels of ``codes`` joined with commas, or ``"none"``."""
     return ", ".join(chapter_label(code) for code in codes) or "none"
 
+
 # --------------------------------------------------------------------------------------------------------------
 # People (slides 4-5)
 # --------------------------------------------------------------------------------------------------------------
@@ -74,6 +62,8 @@ def chapters_label(codes: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class Person:
+    """One of the people of slides 4-5, with slide 5's group and role (``note``: the course's remark, if any)."""
+
     name: str
     group: str | None  # "Distill" or "transformer-circuits", as slide 5 groups them
     role: str | None  # slide 5's words; None where the slide gives only "..."
@@ -107,6 +97,9 @@ PEOPLE: list[Person] = [
 
 @dataclass(frozen=True)
 class Event:
+    """One event of the timeline: its date, a one-line summary and who wrote it, its track, where the deck mentions it
+    and which chapters of the course study it (the timeline figure, ``plots.timeline_figure``, reads these)."""
+
     key: str
     start: tuple[int, int]  # (year, month); month 1 where the deck gives only a year (see ``precision``)
     title: str
@@ -137,6 +130,16 @@ class Event:
     @property
     def sort_key(self) -> tuple[int, int]:
         return self.start
+
+    @property
+    def chapters_text(self) -> str:
+        """The chapters that study the event, labelled (``"01 Circuits, 03 Backup behaviour (planned)"``)."""
+        return chapters_label(self.chapters)
+
+    @property
+    def from_deck(self) -> bool:
+        """Whether the one-line summary is the deck's own words (else it is the course's)."""
+        return self.summary_by == _DECK
 
 
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -432,37 +435,6 @@ STATUS: dict[str, int] = {
 STATUS_UNMARKED = "Other things: dev-interp,"
 STATUS_LEGEND: dict[int, str] = {3: "extremely done", 2: "mostly done", 1: "needs polishing", 0: "untouched"}
 
-#: The deck's big areas (slides 19-78) under the course's short names, with the slides that cover each.
-AREAS: dict[str, dict] = {
-    "circuits": {"title": "Circuit analysis", "slides": (19, 27), "chapter": "01"},
-    "grokking": {"title": "Grokking", "slides": (28, 33), "chapter": "02"},
-    "backup": {"title": "Backup behavior", "slides": (34, 36), "chapter": "03"},
-    "saes": {"title": "SAEs & Dictionary learning", "slides": (37, 44), "chapter": "04"},
-    "feature-composition": {"title": "Feature composition", "slides": (45, 45), "chapter": None},
-    "modularity": {"title": "Modularity", "slides": (46, 46), "chapter": None},
-    "training-process": {"title": "The training process", "slides": (47, 47), "chapter": None},
-    "attention-superposition": {"title": "Attention superposition", "slides": (48, 78), "chapter": "05"},
-}
-
-#: The deck's "main work in this area" lists, as an area for each paper (slides 22, 30, 36, 39-40, 63), each in the
-#: deck's words. Papers the deck lists under two areas (IOI: circuits and backup; Towards Monosemanticity: SAEs and
-#: attention superposition; computation in superposition: attention superposition and, by name, feature composition)
-#: are left out.
-AREA_OF_PAPER: dict[str, str] = {
-    "Towards Understanding Grokking": "grokking",
-    "Progress Measure for Grokking via Mechanistic Interpretability": "grokking",
-    "Grokking of Hierarchical Structure in Vanilla Transformers": "grokking",
-    "Feature emergence via margin maximization": "grokking",
-    "Emergence of Sparse Representations from Noise": "saes",
-    "(tentatively) Found 600+ Monosemantic Features in a Small LM Using Sparse Autoencoders": "saes",
-    "Interpreting OpenAI's Whisper": "saes",
-    "Hydra Effect": "backup",
-    "Comprehensively understanding an attention head": "backup",
-    "\u201cgreater than\u201d": "circuits",
-    "docstring": "circuits",
-    "ORION (question answering, type hint understanding, factual recall, variable binding, translation, induction)": "circuits",
-    "Lauren Greenspan & Keith Wynroe construct an \u201cOV-coherent\u201d toy model": "attention-superposition",
-}
 
 # --------------------------------------------------------------------------------------------------------------
 # What counts as mechanistic understanding (slides 80-84), each paired with the chapter that practises it
@@ -529,456 +501,80 @@ SPOTLIGHT: list[str] = [
     "[Dec 2023, Variengien] ORION task constellations",
 ]
 
+
+
 # --------------------------------------------------------------------------------------------------------------
-# Quizzes: the questions as the notebook shows them, and their keys (derived from the data above, never typed twice)
+# The quizzes' questions and options (their answers are written once, in the solution notebook, and checked as
+# digests). Each asks for what no table of the chapter prints: a scenario's person, a work's lineage, a work's class,
+# a project's area, a success's claim.
 # --------------------------------------------------------------------------------------------------------------
 
-#: Quiz "order the events": letters assigned in a fixed scramble (neither alphabetical nor reverse order is right).
-ORDER_QUIZ: dict[str, str] = {
-    "A": "solu", "B": "google-brain", "C": "transformers", "D": "towards-monosemanticity", "E": "thiel-fellowship",
-    "F": "circuits-thread", "G": "lucid-openai", "H": "toy-models", "I": "deepdream", "J": "math-framework",
-    "K": "distill",
+#: Exercise 1.1, "Who did what": jobs described in the course's words; the student names the person of slide 5 who
+#: did each. Two people share "Core infrastructure": their groups tell them apart.
+PEOPLE_QUIZ: dict[str, str] = {
+    "A": "Built and ran the software that the transformer-circuits team's experiments depended on.",
+    "B": "Worked out, together with Chris, the concepts of a framework for reading transformers.",
+    "C": "Created the image-generation technique that amplifies whatever a vision network detects, which Chris "
+         "later generalised, before Distill existed.",
+    "D": "Built and ran the software that the Distill team's experiments depended on.",
+    "E": "Led most of the Distill articles that took an image classifier apart, circuit by circuit.",
+    "F": "Ran the experiments on small transformers whose results the transformer-circuits framework was then built "
+         "from.",
+}
+#: Who the people quiz's answers may name: everyone of slides 4-5.
+PEOPLE_QUIZ_OPTIONS: tuple[str, ...] = tuple(person.name for person in PEOPLE)
+
+#: Exercise 1.2, "What builds on what": events of the timeline under letters, in a fixed scramble.
+LINEAGE_QUIZ: dict[str, str] = {
+    "A": "toy-models", "B": "lucid-openai", "C": "transformers", "D": "progress-measures", "E": "math-framework",
+    "F": "margin-maximization", "G": "deepdream", "H": "towards-monosemanticity", "I": "grokking", "J": "ioi",
+    "K": "induction-heads", "L": "computation-in-superposition",
+}
+#: The letters whose most direct predecessor the student names (another letter of :data:`LINEAGE_QUIZ`).
+LINEAGE_QUESTIONS: tuple[str, ...] = ("B", "D", "F", "H", "K", "L")
+
+#: Exercise 2.1, "When in the training process": works of the timeline under letters; the student gives each its
+#: class on slide 8's second axis. The deck's text classes none of these (only the induction-heads paper, which is
+#: not asked); the classes follow from the course's gloss of the axis and from what each work does.
+WHEN_QUIZ: dict[str, str] = {
+    "A": "ioi", "B": "sudden-drops", "C": "solu", "D": "towards-monosemanticity", "E": "delays-detours",
+    "F": "curve-circuits",
 }
 
-
-def order_quiz_questions() -> dict[str, str]:
-    """``{letter: event description}`` as the notebook prints them (no dates)."""
-    return {letter: EVENTS[key].title for letter, key in ORDER_QUIZ.items()}
-
-
-def order_quiz_key() -> list[str]:
-    """The letters of :data:`ORDER_QUIZ` from earliest to latest."""
-    return sorted(ORDER_QUIZ, key=lambda letter: EVENTS[ORDER_QUIZ[letter]].sort_key)
-
-
-#: Quiz "who did what": the distinct roles of slide 5 under letters ("Core infrastructure" belongs to two people).
-ROLE_QUIZ: dict[str, str] = {
-    "A": "Core infrastructure",
-    "B": "Conceptual work to form the framework w/ Chris",
-    "C": "DeepDream, precursor to Distill work",
-    "D": "Exp work to produce insights to build the framework from",
-    "E": "Cofounder of mech interp: led most of Distill circuit work",
+#: Exercise 2.4, "Where would this project go": research projects in the course's words; the student names the item
+#: of slide 17 (:data:`STATUS`) each belongs to, then reads how done the deck says that item is.
+PROJECTS_QUIZ: dict[str, str] = {
+    "A": "Train a sparse autoencoder on a small language model's MLP activations and test whether its features are "
+         "easier to name than the neurons.",
+    "B": "Take two circuits that were found separately and work out how a model combines them on a prompt that "
+         "needs both.",
+    "C": "Work out how one layer computes the AND of two sparse features while both are stored in superposition.",
+    "D": "Knock out the heads of a known circuit and measure how much other heads take over their job.",
+    "E": "Hand-build a toy model in which several attention heads together implement what no single head can, "
+         "because their QK circuits interfere.",
+    "F": "Reverse-engineer the algorithm a small transformer uses for modular addition once its test accuracy has "
+         "jumped to 100%.",
+    "G": "Find the heads and paths a language model uses to complete 'When Mary and John went to the store, John "
+         "gave a drink to'.",
+    "H": "Compare optimisers (SGD, Adam, AdamW) and learning-rate schedules by which mechanisms each one leads a "
+         "model to learn.",
 }
 
-
-def people_quiz_key() -> tuple[dict[str, str], dict[str, str]]:
-    """``(groups, roles)``: every grouped person's group, and the role letter of everyone slide 5 gives a role."""
-    letter_of = {role: letter for letter, role in ROLE_QUIZ.items()}
-    groups = {p.name: p.group for p in PEOPLE if p.group is not None}
-    roles = {p.name: letter_of[p.role] for p in PEOPLE if p.role is not None}
-    return groups, roles
-
-
-#: Quiz "classify papers": the papers of :data:`AREA_OF_PAPER` under letters, in a fixed scramble.
-AREA_QUIZ: dict[str, str] = dict(zip("ABCDEFGHIJKLM", [
-    "Hydra Effect",
-    "Towards Understanding Grokking",
-    "(tentatively) Found 600+ Monosemantic Features in a Small LM Using Sparse Autoencoders",
-    "docstring",
-    "Grokking of Hierarchical Structure in Vanilla Transformers",
-    "Lauren Greenspan & Keith Wynroe construct an \u201cOV-coherent\u201d toy model",
-    "Emergence of Sparse Representations from Noise",
-    "\u201cgreater than\u201d",
-    "Feature emergence via margin maximization",
-    "Comprehensively understanding an attention head",
-    "Interpreting OpenAI's Whisper",
-    "ORION (question answering, type hint understanding, factual recall, variable binding, translation, induction)",
-    "Progress Measure for Grokking via Mechanistic Interpretability",
-]))
-#: The areas a paper can be classified into (those with a "main work" list in the deck).
-AREA_QUIZ_OPTIONS: tuple[str, ...] = ("circuits", "grokking", "backup", "saes", "attention-superposition")
-
-
-def area_quiz_key() -> tuple[dict[str, str], str]:
-    """``(areas, induction_heads_when)``: each lettered paper's area, and slide 7's class for the induction-heads paper."""
-    induction = next(c for c in DECK_STATED_CLASSES if c["axis"] == "when in the training process")
-    return {letter: AREA_OF_PAPER[paper] for letter, paper in AREA_QUIZ.items()}, induction["class"]
-
-
-#: Quiz "match each success to its north star" (slide 80): the four claims under letters, in a fixed scramble.
+#: Exercise 5.1, "The strongest successes": slide 80's four claims, the deck's words, under letters.
 SUCCESS_QUIZ: dict[str, str] = {
     "A": "Proof of a learned circuit being optimal (learning-wise)",
     "B": "Synthesizing the program of the learned model",
     "C": "Provide an analytic form",
     "D": "Ability to (blindly) hand write the model weights",
 }
-SUCCESS_QUIZ_WORK: dict[str, str] = {
-    "Tegmark, Feb 2024": "mips", "Olah, Jan 2021": "curve-circuits", "Reddy, Dec 2023": "reddy",
-    "Morwani, Nov 2023": "margin-maximization",
+#: ... and the four works slide 80 gives as their examples, described by what they did (the course's words), under
+#: numbers; the student gives each the letter of the claim it is the example of.
+SUCCESS_WORKS: dict[str, str] = {
+    "1": "Curve detectors of a vision model, understood well enough to be rebuilt with weights set by hand.",
+    "2": "An argument that the Fourier features networks learn for modular addition are exactly what maximising "
+         "the margin asks for.",
+    "3": "Recurrent networks trained on algorithmic tasks, turned automatically into short Python programs that do "
+         "the same job.",
+    "4": "A model with two parameters that reproduces when, and how abruptly, an induction head appears in a small "
+         "network.",
 }
-
-
-def success_quiz_key() -> dict[str, str]:
-    """``{work: letter}``: the slide-80 claim each work is the example of (read from the events' deck text)."""
-    key = {}
-    for work, event_key in SUCCESS_QUIZ_WORK.items():
-        deck_text = EVENTS[event_key].deck_text
-        key[work] = next(letter for letter, claim in SUCCESS_QUIZ.items() if deck_text.endswith(claim))
-    return key
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The timeline figure
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _wrap(text: str, width: int = 80) -> str:
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return "<br>".join(lines + [line])
-
-
-def timeline_figure(events: Sequence[Event] | None = None, title: str = "Mechanistic interpretability: a timeline"):
-    """An interactive plotly timeline: one row per track, one marker per event (spans drawn as bars); hover for the
-    date (marked where it is the course's, not the deck's), the one-line summary (marked as the deck's or the
-    course's) and the chapters that study it. Click a legend entry to hide a track."""
-    import plotly.graph_objects as go
-
-    events = TIMELINE if events is None else list(events)
-    figure = go.Figure()
-    rows = list(TRACKS)
-    colours = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A"]
-    for row, (track, label) in enumerate(TRACKS.items()):
-        chosen = [e for e in events if e.track == track]
-        if not chosen:
-            continue
-        xs, ys, hover, texts = [], [], [], []
-        for i, event in enumerate(chosen):
-            chapters = chapters_label(event.chapters)
-            source = "the deck" if event.summary_by == _DECK else "the course's summary"
-            slides = ", ".join(map(str, event.slides)) or "not in the deck"
-            extra = f"<br><i>deck:</i> {_wrap(event.deck_text)}" if event.deck_text else ""
-            date = f"{event.date_label} ({event.date_note})" if event.date_note else event.date_label
-            hover.append(f"<b>{_wrap(event.title, 70)}</b><br>{date}<br>{_wrap(event.summary)}"
-                         f"<br><i>({source})</i>{extra}<br>slides: {slides} \u00b7 chapters: {chapters}")
-            xs.append(f"{event.start[0]}-{event.start[1]:02d}-15")
-            # spread events of a row over three lanes so that markers in the same month stay apart
-            ys.append(row + 0.25 * ((i % 3) - 1))
-            texts.append(event.title if len(event.title) < 28 else event.title[:26] + "\u2026")
-            if event.end is not None:
-                figure.add_trace(go.Scatter(
-                    x=[xs[-1], f"{event.end[0]}-{event.end[1]:02d}-15"], y=[ys[-1], ys[-1]], mode="lines",
-                    line=dict(width=6, color=colours[row]), hoverinfo="skip", showlegend=False, legendgroup=track))
-        figure.add_trace(go.Scatter(
-            x=xs, y=ys, mode="markers+text", text=texts, textposition="top center", textfont=dict(size=9),
-            marker=dict(size=11, color=colours[row], line=dict(width=1, color="white")), name=label,
-            hovertext=hover, hoverinfo="text", legendgroup=track))
-    figure.update_layout(
-        title=title, height=560, hovermode="closest", template="plotly_white",
-        yaxis=dict(tickvals=list(range(len(rows))), ticktext=[TRACKS[r].split(" (")[0] for r in rows],
-                   range=[-0.7, len(rows) - 0.3]),
-        xaxis=dict(title="date (hover over a marker; drag to zoom, double-click to reset)"),
-        legend=dict(orientation="h", y=-0.2), margin=dict(l=10, r=10, t=50, b=10))
-    return figure
-
-
-def ternary_figure(placement: Mapping[str, Sequence[float]], corners: Sequence[str], title: str | None = None):
-    """The student's placement of the ternary plot's papers: ``{paper: (a, b, c)}`` (any non-negative weights,
-    normalised here) on a plotly ternary plot whose corners are ``corners``."""
-    import plotly.graph_objects as go
-
-    names = list(placement)
-    weights = torch.tensor([list(map(float, placement[name])) for name in names])
-    weights = weights / weights.sum(-1, keepdim=True)
-    short = [name.split(":")[0] if len(name) > 40 else name for name in names]
-    figure = go.Figure(go.Scatterternary(
-        a=weights[:, 0].tolist(), b=weights[:, 1].tolist(), c=weights[:, 2].tolist(), mode="markers+text",
-        text=[s if len(s) < 34 else s[:32] + "\u2026" for s in short], textposition="top center",
-        textfont=dict(size=9), hovertext=[_wrap(name, 60) for name in names], hoverinfo="text",
-        marker=dict(size=10)))
-    figure.update_layout(
-        title=title or "Your placement of the deck's papers (the deck's own positions are not in its text)",
-        ternary=dict(aaxis=dict(title=corners[0]), baxis=dict(title=corners[1]), caxis=dict(title=corners[2])),
-        height=560, template="plotly_white", showlegend=False)
-    return figure
-
-
-def image_grid(images: Tensor, titles: Sequence[str] | None = None, columns: int = 10, title: str = "",
-               symmetric: bool = True, height_per_row: int = 120):
-    """A grid of single-channel images ``[n, 1, H, W]`` or ``[n, H, W]`` (plotly, one shared colour scale; with
-    ``symmetric`` the scale is centred on 0, i.e. on the data set's mean pixel)."""
-    import plotly.express as px
-
-    images = images.detach().float().cpu()
-    if images.ndim == 4:
-        images = images[:, 0]
-    bound = float(images.abs().max()) or 1.0
-    figure = px.imshow(images.numpy(), facet_col=0, facet_col_wrap=min(columns, len(images)),
-                       color_continuous_scale="RdBu_r" if symmetric else "gray_r",
-                       zmin=-bound if symmetric else None, zmax=bound if symmetric else None,
-                       facet_col_spacing=0.01, facet_row_spacing=0.06)
-    for annotation in figure.layout.annotations:
-        index = int(annotation.text.split("=")[-1])
-        annotation.text = titles[index] if titles is not None else str(index)
-        annotation.font.size = 10
-    rows = math.ceil(len(images) / min(columns, len(images)))
-    figure.update_layout(title=title, height=80 + height_per_row * rows, margin=dict(l=10, r=10, t=50, b=10),
-                         coloraxis_showscale=False)
-    figure.update_xaxes(showticklabels=False)
-    figure.update_yaxes(showticklabels=False)
-    return figure
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Feature visualisation: the digits data, a small CNN, activation maximisation, dataset examples
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DigitsData:
-    """The 1,797 8x8 images of scikit-learn's ``load_digits`` (bundled inside scikit-learn: no download), scaled to
-    [0, 1] and then standardised with the training set's mean and standard deviation, so that 0 is the mean pixel."""
-
-    train_x: Tensor  # [n_train, 1, 8, 8]
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-    mean: float
-    std: float
-
-    @property
-    def all_x(self) -> Tensor:
-        return torch.cat([self.train_x, self.test_x])
-
-    @property
-    def all_y(self) -> Tensor:
-        return torch.cat([self.train_y, self.test_y])
-
-
-DIGITS_SPLIT_SEED = 0
-DIGITS_N_TRAIN = 1400
-
-
-def load_digits_data(split_seed: int = DIGITS_SPLIT_SEED, n_train: int = DIGITS_N_TRAIN) -> DigitsData:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
-    labels = torch.tensor(digits.target, dtype=torch.long)
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(split_seed))
-    train, test = order[:n_train], order[n_train:]
-    mean, std = float(images[train].mean()), float(images[train].std())
-    scale = lambda x: (x - mean) / std  # noqa: E731
-    return DigitsData(scale(images[train]), labels[train], scale(images[test]), labels[test], mean, std)
-
-
-class DigitsCNN(nn.Module):
-    """conv 3x3 (1 -> c1) -> ReLU -> conv 3x3 (c1 -> c2) -> ReLU -> 2x2 max-pool -> linear (-> hidden) -> ReLU ->
-    linear (-> n_classes). ``run_with_cache(x)`` returns the logits and the activations by name, like TransformerLens:
-    ``"conv1" [batch, c1, H, W]``, ``"conv2" [batch, c2, H, W]`` (after their ReLUs), ``"fc" [batch, hidden]`` (after
-    its ReLU) and ``"logits" [batch, n_classes]``."""
-
-    LAYERS = ("conv1", "conv2", "fc", "logits")
-
-    def __init__(self, channels: tuple[int, int] = (8, 16), hidden: int = 32, n_classes: int = 10,
-                 image_size: int = 8, seed: int = 0):
-        super().__init__()
-        self.config = dict(channels=tuple(channels), hidden=hidden, n_classes=n_classes, image_size=image_size)
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation that leaves the global generator alone
-            torch.manual_seed(seed)
-            self.conv1 = nn.Conv2d(1, channels[0], 3, padding=1)
-            self.conv2 = nn.Conv2d(channels[0], channels[1], 3, padding=1)
-            self.fc = nn.Linear(channels[1] * (image_size // 2) ** 2, hidden)
-            self.out = nn.Linear(hidden, n_classes)
-
-    def run_with_cache(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        cache = {"conv1": F.relu(self.conv1(x))}
-        cache["conv2"] = F.relu(self.conv2(cache["conv1"]))
-        cache["fc"] = F.relu(self.fc(F.max_pool2d(cache["conv2"], 2).flatten(1)))
-        cache["logits"] = self.out(cache["fc"])
-        return cache["logits"], cache
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.run_with_cache(x)[0]
-
-
-DIGITS_TRAIN = dict(epochs=8, batch=64, lr=3e-3, weight_decay=1e-2, seed=0)
-
-
-def digits_metrics(model: DigitsCNN, data: DigitsData) -> dict[str, float]:
-    with torch.no_grad():
-        return {f"{split}_accuracy": float((model(x).argmax(-1) == y).float().mean())
-                for split, x, y in [("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)]}
-
-
-def train_digits_cnn(data: DigitsData | None = None, seed: int = DIGITS_TRAIN["seed"], epochs: int | None = None,
-                     progress: bool = False) -> tuple[DigitsCNN, dict]:
-    """Train the chapter's CNN (about 180 AdamW steps of 64 images: seconds on a CPU). Deterministic for a seed on a
-    given machine. Returns ``(model, info)`` with the accuracies and the loss log."""
-    from tqdm.auto import tqdm
-
-    data = load_digits_data() if data is None else data
-    spec = dict(DIGITS_TRAIN, seed=seed, epochs=epochs or DIGITS_TRAIN["epochs"])
-    model = DigitsCNN(seed=seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"], weight_decay=spec["weight_decay"])
-    generator = torch.Generator().manual_seed(seed + 1)
-    log = []
-    for epoch in tqdm(range(spec["epochs"]), desc="digits-cnn", disable=not progress):
-        order = torch.randperm(len(data.train_x), generator=generator)
-        model.train()
-        for start in range(0, len(order), spec["batch"]):
-            batch = order[start:start + spec["batch"]]
-            loss = F.cross_entropy(model(data.train_x[batch]), data.train_y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        log.append(dict(epoch=epoch, train_loss=float(loss.detach()), **digits_metrics(model, data)))
-    return model.eval(), {"training": spec, "metrics": digits_metrics(model, data), "log": log}
-
-
-def unit_activation(model: DigitsCNN, layer: str, index: int | Tensor) -> Callable[[Tensor], Tensor]:
-    """An ``activation_fn(x) -> [batch]`` for one unit of ``model``: a class logit (``"logits"``), a hidden neuron
-    (``"fc"``), or a conv channel's mean over positions (``"conv1"``, ``"conv2"``). ``index`` is one unit for every
-    image, or a ``[batch]`` tensor giving each image its own unit (visualise ten classes in one batch)."""
-    if layer not in DigitsCNN.LAYERS:
-        raise ValueError(f"layer must be one of {DigitsCNN.LAYERS}, got {layer!r}")
-
-    def activation_fn(x: Tensor) -> Tensor:
-        _, cache = model.run_with_cache(x)
-        act = cache[layer]
-        if act.ndim == 4:
-            act = act.mean(dim=(-2, -1))
-        if isinstance(index, Tensor):
-            return act[torch.arange(len(act)), index]
-        return act[:, index]
-
-    return activation_fn
-
-
-def total_variation(x: Tensor) -> Tensor:
-    """``x [batch, C, H, W] -> [batch]``: the sum of squared differences between vertically and horizontally
-    neighbouring pixels (over channels too). Zero exactly for a constant image; large for a noisy one."""
-    vertical = (x[..., 1:, :] - x[..., :-1, :]).pow(2).sum(dim=(-3, -2, -1))
-    horizontal = (x[..., :, 1:] - x[..., :, :-1]).pow(2).sum(dim=(-3, -2, -1))
-    return vertical + horizontal
-
-
-def visualise(activation_fn: Callable[[Tensor], Tensor], x0: Tensor, steps: int = 100, lr: float = 0.05,
-              l2: float = 0.0, tv: float = 0.0, jitter: int = 0, seed: int = 0) -> Tensor:
-    """Activation maximisation: gradient ascent on the input, from ``x0 [batch, C, H, W]`` (left unchanged).
-
-    ``generator = torch.Generator().manual_seed(seed)``, ``x`` a copy of ``x0`` that requires grad and
-    ``torch.optim.Adam([x], lr=lr)``; then ``steps`` times:
-
-    1. draw the jitter: ``dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()``;
-    2. ``objective = activation_fn(torch.roll(x, shifts=(dy, dx), dims=(-2, -1))) - l2 * (x ** 2).sum(dim=(1, 2, 3))
-       - tv * total_variation(x)`` (one value per image);
-    3. one Adam step that *increases* ``objective.sum()``.
-
-    Returns ``x`` detached, ``[batch, C, H, W]``.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    x = x0.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()
-            shifted = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
-            objective = activation_fn(shifted) - l2 * x.pow(2).sum(dim=(1, 2, 3)) - tv * total_variation(x)
-            optimizer.zero_grad()
-            (-objective.sum()).backward()
-            optimizer.step()
-    return x.detach()
-
-
-def top_activating_examples(activation_fn: Callable[[Tensor], Tensor], images: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """``(values [k], indices [k])``: the ``k`` images with the largest activation, largest first; equal activations
-    are ordered by their index in ``images`` (lower first)."""
-    with torch.no_grad():
-        activations = activation_fn(images)
-    order = torch.sort(activations, descending=True, stable=True).indices[:k]
-    return activations[order], order
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Training-data attribution: last-layer gradient similarity at the final checkpoint (TracIn-style)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def last_layer_gradients(model: DigitsCNN, x: Tensor, y: Tensor) -> Tensor:
-    """``x [batch, 1, H, W]``, ``y [batch]`` -> ``[batch, n_classes * hidden + n_classes]``: for each example, the
-    gradient of its own cross-entropy loss with respect to the final layer's parameters, ``model.out.weight``
-    (``[n_classes, hidden]``, flattened row by row) followed by ``model.out.bias`` (``[n_classes]``).
-
-    Why a closed form and not autograd: with ``logits = W h + b`` (``h`` the ``"fc"`` activations), the gradient of
-    ``cross_entropy(logits, y)`` is ``dL/dW = (softmax(logits) - onehot(y)) h^T`` and ``dL/db = softmax(logits) -
-    onehot(y)``, so one forward pass gives every example's gradient, with no backward pass per example. The model is
-    left untouched."""
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(x)
-        error = logits.softmax(-1) - F.one_hot(y, logits.shape[-1]).to(logits.dtype)  # [batch, n_classes]
-        weight = einops.einsum(error, cache["fc"], "batch cls, batch hidden -> batch cls hidden")
-        return torch.cat([einops.rearrange(weight, "batch cls hidden -> batch (cls hidden)"), error], dim=-1)
-
-
-def tracin_scores(model: DigitsCNN, test_x: Tensor, test_y: Tensor, train_x: Tensor, train_y: Tensor) -> Tensor:
-    """``[n_test, n_train]``: ``score[i, j] = grad L(test i) . grad L(train j)``, both gradients of one example's
-    cross-entropy loss (with its own label) with respect to the final layer's weight and bias, at the model's current
-    parameters.
-
-    Why this number: one gradient step of size ``lr`` on training example ``j`` changes test example ``i``'s loss by
-    about ``-lr * score[i, j]`` (first order), so a positive score means training on ``j`` pushes the model towards
-    ``i``'s label (``j`` *supports* it) and a negative one away from it (``j`` *opposes* it). TracIn sums this over
-    checkpoints saved during training; this is its one-checkpoint, last-layer version."""
-    return last_layer_gradients(model, test_x, test_y) @ last_layer_gradients(model, train_x, train_y).T
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Choosing an area from point scores
-# --------------------------------------------------------------------------------------------------------------
-
-#: Values closer than this count as tied (so that float rounding never decides a pick).
-TIE_TOLERANCE = 1e-9
-
-
-def area_values(my_scores: Mapping[str, Mapping[str, float]], deck_scores: Mapping[str, Mapping[str, float | None]],
-                weight_mine: float = 0.5) -> dict[str, dict[str, float]]:
-    """For every area in ``my_scores``: the combined score per key (``weight_mine * mine + (1 - weight_mine) *
-    deck``, or yours alone where the deck gives none) and ``value = low_hanging_fruit + excitement - difficulty``."""
-    table = {}
-    for area, mine in my_scores.items():
-        deck = deck_scores.get(area) or {}
-        combined = {}
-        for key in SCORE_KEYS:
-            theirs = deck.get(key)
-            combined[key] = float(mine[key]) if theirs is None else \
-                weight_mine * float(mine[key]) + (1 - weight_mine) * float(theirs)
-        combined["value"] = combined["low_hanging_fruit"] + combined["excitement"] - combined["difficulty"]
-        table[area] = combined
-    return table
-
-
-def pick_area(my_scores: Mapping[str, Mapping[str, float]], deck_scores: Mapping[str, Mapping[str, float | None]],
-              weight_mine: float = 0.5) -> tuple[str, dict[str, float]]:
-    """``(best_area, values)``: ``values`` maps every area you scored to its value (see :func:`area_values`); the best
-    area has the largest value; ties go to the larger combined excitement, then to the area listed first in
-    ``my_scores``."""
-    table = area_values(my_scores, deck_scores, weight_mine)
-    if not table:
-        raise ValueError("score at least one area")
-    best = None
-    for area, row in table.items():  # first listed wins unless beaten by more than the tolerance
-        if best is None:
-            best = area
-            continue
-        top = table[best]
-        if row["value"] > top["value"] + TIE_TOLERANCE or (
-                abs(row["value"] - top["value"]) <= TIE_TOLERANCE and row["excitement"] > top["excitement"] + TIE_TOLERANCE):
-            best = area
-    return best, {area: row["value"] for area, row in table.items()}
-
-
-def deck_scores() -> dict[str, dict[str, int | None]]:
-    """The deck's point scores for every area of :data:`AREAS` (``None`` where its text gives none), read from
-    ``research.AREAS`` (the single copy of the deck's scores)."""
-    out = {}
-    for area in AREAS:
-        scores = (research.AREAS.get(area) or {}).get("scores") or {}
-        out[area] = {key: scores.get(key) for key in SCORE_KEYS}
-    return out
