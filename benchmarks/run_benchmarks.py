@@ -1,12 +1,17 @@
-"""Benchmarks: how long each chapter takes and how much memory it needs, and how long each zoo recipe trains.
+"""Benchmarks: how long each chapter takes and how much memory it needs, how long each zoo recipe trains, and how fast
+a batch of submissions is graded.
 
-    ./course bench                 # everything
-    ./course bench --only notebooks|recipes
+    ./course bench                 # notebooks and recipes
+    ./course bench --only notebooks|recipes|grading
     ./course bench --only recipes --recipe modadd-113   # a long recipe (tens of minutes): only when named
+    ./course bench --only grading --grading-chapter 01_circuits --copies 30
 
-Each solution notebook is executed in a fresh Jupyter kernel (as a student would run it); wall time is measured
-around the whole execution (kernel start included) and peak memory is the largest resident set size of the kernel's
-process tree, sampled every 50 ms with psutil. Each zoo recipe is re-run into a temporary folder and timed.
+Each solution notebook is executed in a fresh Jupyter kernel (as a student would run it: no sandbox, no grading);
+wall time is measured around the whole execution (kernel start included) and peak memory is the largest resident
+set size of the kernel's process tree, sampled every 50 ms with psutil. Each zoo recipe is re-run into a temporary
+folder and timed. Grading: ``copies`` copies of a chapter's solution notebook are graded with ``--jobs 1`` and with
+``--jobs 2`` (each into a fresh folder, so nothing is reused), and the seconds per submission are compared with the
+notebook's own run time.
 Results go to benchmarks/results.json (the latest figures, per machine) and are summarised in benchmarks/RESULTS.md.
 The targets (from the issues) are printed beside the figures; nothing here fails a build: targets are tracked, not
 asserted in unit tests.
@@ -18,6 +23,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -38,6 +45,10 @@ MB = 1024 * 1024
 #: Targets from the issues: chapter -> (seconds, megabytes); recipe -> seconds.
 NOTEBOOK_TARGETS = {"00_history": (120, 2048), "01_circuits": (180, 2048), "02_grokking": (240, 2048)}
 RECIPE_TARGETS = {"induction-2l": 60}
+#: Grading targets (issue 8): seconds per submission at --jobs 1 at most this multiple of the notebook's own run
+#: time, and --jobs 2 at least this much faster than --jobs 1 on 2 cores.
+GRADING_OVERHEAD_TARGET = 1.3
+GRADING_SPEEDUP_TARGET = 1.6
 
 
 class PeakRSS:
@@ -66,13 +77,20 @@ class PeakRSS:
 
 
 def bench_notebook(path: Path) -> dict:
+    from jupyter_client.kernelspec import KernelSpec
+    from jupyter_client.manager import AsyncKernelManager
+
+    class ThisInterpreter(AsyncKernelManager):
+        """Always this interpreter's ipykernel, whatever kernelspecs the machine has."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self._kernel_spec = KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                                           display_name="Python 3", language="python")
+
     nb = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory() as work:
-        # The autograder's kernel manager: always this interpreter's ipykernel, whatever kernelspecs the machine has.
-        from mechinterp_course.autograde import _kernel_classes
-
-        kernel_manager_class, _ = _kernel_classes()
-        client = NotebookClient(nb, timeout=600, kernel_name="python3", kernel_manager_class=kernel_manager_class,
+        client = NotebookClient(nb, timeout=600, kernel_name="python3", kernel_manager_class=ThisInterpreter,
                                 resources={"metadata": {"path": work}})
         start = time.perf_counter()
         with client.setup_kernel():
@@ -94,6 +112,33 @@ def bench_recipe(name: str) -> dict:
         _, card, seconds = recipes.build(name, progress=False, zoo_dir=zoo)
     return {"seconds": round(seconds, 1), "train_loop_seconds": card["train_seconds"], "metrics": card["metrics"],
             "target_seconds": RECIPE_TARGETS.get(name)}
+
+
+def bench_grading(chapter: str, copies: int, notebook_seconds: float | None) -> dict:
+    """Grade ``copies`` copies of ``chapter``'s solution notebook with 1 and 2 jobs (module docstring)."""
+    from mechinterp_course.instructor import grade
+
+    source = ROOT / "solutions" / chapter / f"{chapter}.ipynb"
+    out: dict = {"chapter": chapter, "copies": copies, "notebook_seconds": notebook_seconds}
+    with tempfile.TemporaryDirectory() as tmp:
+        downloads = Path(tmp) / "downloads"
+        downloads.mkdir()
+        for k in range(copies):
+            shutil.copy(source, downloads / f"student{k:02d}_{chapter}.ipynb")
+        for jobs in (1, 2):
+            start = time.perf_counter()
+            report = grade.grade(chapter, [downloads], Path(tmp) / f"out-{jobs}", jobs=jobs, course_dir=ROOT)
+            seconds = time.perf_counter() - start
+            full = sum(r.auto_score == r.max_auto_score for r in report.students)
+            out[f"jobs{jobs}"] = {"seconds": round(seconds, 1), "per_submission": round(seconds / copies, 2),
+                                  "full_marks": full}
+            print(f"grading {chapter} x{copies} with --jobs {jobs}: {seconds:.0f} s, {full} full marks", flush=True)
+    out["speedup_2_over_1"] = round(out["jobs1"]["seconds"] / out["jobs2"]["seconds"], 2)
+    if notebook_seconds:
+        out["per_submission_over_notebook_jobs1"] = round(out["jobs1"]["per_submission"] / notebook_seconds, 2)
+    out["targets"] = {"per_submission_over_notebook_jobs1": GRADING_OVERHEAD_TARGET,
+                      "speedup_2_over_1": GRADING_SPEEDUP_TARGET}
+    return out
 
 
 def bench_in_notebook_grokking() -> dict:
@@ -124,6 +169,13 @@ def write_markdown(results: dict) -> None:
     for name, r in results.get("recipes", {}).items():
         lines.append(f"| recipe {name} (whole build / training loop) | {r['seconds']} / {r['train_loop_seconds']} | "
                      f"{r['target_seconds']} | | |")
+    for name, r in results.get("grading", {}).items():
+        ratio = r.get("per_submission_over_notebook_jobs1")
+        lines.append(f"| grading {r['copies']} copies of {name} with --jobs 1: {r['jobs1']['per_submission']} s per "
+                     f"submission, {ratio}x the notebook's own {r['notebook_seconds']} s (target "
+                     f"{GRADING_OVERHEAD_TARGET}x) | {r['jobs1']['seconds']} | | | |")
+        lines.append(f"| grading {r['copies']} copies of {name} with --jobs 2: {r['speedup_2_over_1']}x faster than "
+                     f"--jobs 1 (target {GRADING_SPEEDUP_TARGET}x) | {r['jobs2']['seconds']} | | | |")
     for name, r in results.get("in_notebook", {}).items():
         lines.append(f"| in-notebook training, {name} ({r['steps']} steps; 99% test accuracy at step "
                      f"{r['step_99_test']}) | {r['seconds']} | {r['target_seconds']} | | |")
@@ -138,7 +190,10 @@ def write_markdown(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["notebooks", "recipes"])
+    parser.add_argument("--only", choices=["notebooks", "recipes", "grading"])
+    parser.add_argument("--grading-chapter", default="01_circuits", metavar="CHAPTER",
+                        help="the chapter whose solution notebook the grading benchmark grades (default: 01_circuits)")
+    parser.add_argument("--copies", type=int, default=30, help="submissions in the grading benchmark (default: 30)")
     parser.add_argument("--recipe", action="append", metavar="NAME",
                         help="time this recipe (repeatable; default: the recipes with a target, the quick ones)")
     args = parser.parse_args()
@@ -161,7 +216,11 @@ def main() -> None:
         results["in_notebook"] = {"grokking p=59": bench_in_notebook_grokking()}
         print(results["in_notebook"], flush=True)
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
-    for key in ("notebooks", "recipes", "in_notebook"):
+    if args.only == "grading":
+        chapter = args.grading_chapter
+        seconds = (results.get("notebooks", {}).get(chapter) or previous.get("notebooks", {}).get(chapter) or {})
+        results["grading"] = {chapter: bench_grading(chapter, args.copies, seconds.get("seconds"))}
+    for key in ("notebooks", "recipes", "in_notebook", "grading"):
         results[key] = {**previous.get(key, {}), **results.get(key, {})}
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results)

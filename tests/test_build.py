@@ -1,8 +1,9 @@
-"""The student notebooks are built from the single source by nbgrader, deterministically, with nothing left over;
-the committed chapters/ equal a fresh build; the command line reports bad input clearly.
+"""Everything generated from the single source: the student notebooks (nbgrader, deterministic, nothing left over)
+and each chapter's reference module (exported from the solution notebook); the committed ones equal a fresh build;
+the command line reports bad input clearly.
 
-Built into temporary copies of the fixture chapter (tests/fixtures/solutions/99_fixture), except the sync test,
-which checks the repository's own chapters/.
+Built into temporary copies of the fixture chapter (tests/fixtures/solutions/01_circuits), except the sync test,
+which checks the repository's own chapters/ and reference modules.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mechinterp_course import cli, notebooks
-from mechinterp_course.notebooks import CourseError
+from mechinterp_course.instructor import build as notebooks
+from mechinterp_course.instructor import cli, export
+from mechinterp_course.instructor.build import CourseError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
-CHAPTER = "99_fixture"
+CHAPTER = "01_circuits"
 
 
 @pytest.fixture
@@ -39,11 +41,11 @@ def test_build_writes_the_student_notebook_and_nothing_else(course):
 
     nb = nbformat.read(written[0], as_version=4)
     text = written[0].read_text()
-    assert "BEGIN SOLUTION" not in text and "return a + b" not in text and "YOUR CODE HERE" in text
-    assert "HIDDEN" not in text and "MARK SCHEME" not in text and "YOUR ANSWER HERE" in text
+    assert "BEGIN SOLUTION" not in text and "W_A @ W_B" not in text and "YOUR CODE HERE" in text
+    assert "HIDDEN" not in text and "hidden=" not in text and "MARK SCHEME" not in text and "YOUR ANSWER HERE" in text
     assert all(not c.outputs and c.execution_count is None for c in nb.cells if c.cell_type == "code")
     tests = [c for c in nb.cells if c.metadata["nbgrader"].get("grade") and c.cell_type == "code"]
-    assert len(tests) == 3 and all(c.metadata["nbgrader"]["locked"] for c in tests)
+    assert len(tests) == 4 and all(c.metadata["nbgrader"]["locked"] for c in tests)
     source = nbformat.read(course / "solutions" / CHAPTER / f"{CHAPTER}.ipynb", as_version=4)
     assert [c.id for c in nb.cells] == [c.id for c in source.cells]  # ids survive: the grader matches on them
 
@@ -59,14 +61,14 @@ def test_build_is_deterministic_and_ignores_outputs_in_the_source(course):
         cell.execution_count = count + 1
         cell.metadata["execution"] = {"iopub.execute_input": "2026-01-01T00:00:00Z"}
     nbformat.write(nb, path)
-    assert notebooks.build(["fixture"], course_dir=course)[0].read_bytes() == first
+    assert notebooks.build(["circuits"], course_dir=course)[0].read_bytes() == first
 
 
 def test_check_built_finds_a_stale_chapter(course):
     assert notebooks.check_built(course) == [CHAPTER]  # never built
     built = notebooks.build(course_dir=course)[0]
     assert notebooks.check_built(course) == []
-    built.write_text(built.read_text().replace("Squares", "Cubes"))
+    built.write_text(built.read_text().replace("Composition", "Decomposition"))
     assert notebooks.check_built(course) == [CHAPTER]
     notebooks.build(course_dir=course)
     (built.parent / "stray.txt").write_text("left over")
@@ -75,13 +77,14 @@ def test_check_built_finds_a_stale_chapter(course):
 
 def test_committed_chapters_match_a_fresh_build():
     stale = notebooks.check_built(ROOT)
-    assert not stale, f"chapters/ is out of date for {stale}: run `.venv/bin/mechinterp-course build` and commit"
+    assert not stale, (f"chapters/ or a reference module is out of date for {stale}: run "
+                       f"`.venv/bin/mechinterp-course build` and commit")
 
 
 def test_resolve_chapter_and_course_dir(course, monkeypatch):
-    for name in ("99_fixture", "fixture", "FIXTURE", "99", f"solutions/{CHAPTER}/"):
+    for name in ("01_circuits", "circuits", "CIRCUITS", "01", "1", f"solutions/{CHAPTER}/"):
         assert notebooks.resolve_chapter(name, course) == CHAPTER
-    with pytest.raises(CourseError, match=r"Unknown chapter 'grokking'\. Chapters: 99_fixture \(fixture\)"):
+    with pytest.raises(CourseError, match=r"Unknown chapter 'grokking'\. Chapters: 01_circuits \(circuits\)"):
         notebooks.resolve_chapter("grokking", course)
     assert notebooks.list_chapters(course) == [CHAPTER]
 
@@ -105,7 +108,7 @@ def test_build_missing_never_overwrites_a_students_work(course, capsys):
 
 
 def test_cli_build_and_bad_input(course, capsys):
-    assert cli.main(["--course-dir", str(course), "build", "fixture"]) == 0
+    assert cli.main(["--course-dir", str(course), "build", "circuits"]) == 0
     assert f"chapters/{CHAPTER}/{CHAPTER}.ipynb" in capsys.readouterr().out
     assert cli.main(["build", "nope", "--course-dir", str(course)]) == cli.EXIT_BAD_INPUT
     assert "Unknown chapter 'nope'" in capsys.readouterr().err
@@ -133,3 +136,63 @@ def test_a_broken_source_notebook_gets_nbgraders_reason(course):
     with pytest.raises(CourseError, match=f"could not generate chapter {CHAPTER}: .*no end solution statement"):
         notebooks.build(course_dir=course)
     assert not (course / "chapters").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The reference modules, exported from the solution notebooks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _package(course: Path) -> Path:
+    """Give the temporary course a package for its chapter, so that the build exports a reference module."""
+    package = course / "mechinterp_course" / "circuits"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    return package / "reference.py"
+
+
+def test_build_exports_the_reference_from_the_solution_notebook(course):
+    reference = _package(course)
+    written = notebooks.build(course_dir=course)
+    assert reference in written
+    text = reference.read_text()
+    assert text.startswith('"""Chapter 01 (circuits)\'s reference answers') and "GENERATED" in text
+    namespace: dict = {}
+    exec(compile(text, str(reference), "exec"), namespace)
+    assert namespace["__all__"] == ["composition_score", "normalised_metric"]
+    assert namespace["normalised_metric"](3.0, 5.0, 1.0) == 0.5
+    assert "Defined in solutions/01_circuits/01_circuits.ipynb, exercise 7.2." in \
+        namespace["composition_score"].__doc__
+    assert namespace["EXERCISES"] == {"composition_score": "7.2", "normalised_metric": "5.1",
+                                      "circuit_studies": "8.1", "my_scores": "10.1"}
+    # The quiz's answers are exported as digests only.
+    from mechinterp_course.checking import answer_key
+
+    assert namespace["ANSWER_KEYS"]["study_findings"]["A"] == answer_key({"A": "backup"}, "study_findings")["A"]
+    assert "backup" not in text and "@exercise" not in text and "BEGIN SOLUTION" not in text
+    assert notebooks.check_built(course) == []
+    reference.write_text(text.replace("(clean - corrupted)", "(corrupted - clean)"))
+    assert notebooks.check_built(course) == [CHAPTER]
+
+
+def test_an_exported_function_may_not_use_notebook_globals(course):
+    _package(course)
+    path = course / "solutions" / CHAPTER / f"{CHAPTER}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if c.metadata["nbgrader"]["grade_id"] == "ex-normalised")
+    cell.source = cell.source.replace("return (value - corrupted)", "return SCALE * (value - corrupted)")
+    nbformat.write(nb, path)
+    with pytest.raises(CourseError, match="normalised_metric .* uses the notebook global `SCALE`"):
+        notebooks.build(course_dir=course)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("assert add(2, 3) == 5", "may only call check"),
+    ("check.gini(gini(values))", "names or constants"),
+    ("import os\ncheck.gini(gini)", "may only call check"),
+])
+def test_test_cells_must_be_plain_check_calls(source, message):
+    with pytest.raises(export.ExportError, match=message):
+        export.test_cell_calls(source)
+    calls = export.test_cell_calls('check.gini(gini)\ncheck.gini(gini, hidden="ab12")')
+    assert [c.func.attr for c in calls] == ["gini", "gini"]

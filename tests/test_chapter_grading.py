@@ -1,22 +1,24 @@
-"""The autograde round trip on every real chapter: the graded solution earns full marks, the released blank
-notebook earns zero on every autograded exercise, and a plausible wrong answer earns partial marks with the
-grader's message in its feedback.
+"""The grader's round trip on every real chapter: the solution earns full marks, the released blank notebook zero, a
+plausible wrong answer partial marks with the check's message in its feedback, and the bypasses that a real chapter
+makes possible (importing its reference answers, rebinding its checks, silencing errors) earn nothing.
 
-This is also where every solution notebook is *executed* end to end, offline, in a real Jupyter kernel (the
-autograder's stage 1, see ``mechinterp_course.autograde``): a solution that crashes, or a check that does not print
-its success line, fails here. Robustness to broken submissions (infinite loops, dead kernels, deleted test cells,
-invalid JSON, hostile code) is tested on a tiny fixture chapter in tests/test_autograde.py, where it is cheap.
+This is also where every solution notebook is executed end to end, offline, in a real sandboxed kernel, once per
+test run: one batch per chapter holds every submission (graded two at a time), and every test reads that batch. A
+solution that crashes, or a check that does not print its success line, fails here. Robustness to broken and hostile
+submissions in general is tested on a small fixture chapter in tests/test_grading.py, where it is cheap.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from mechinterp_course import autograde
+from mechinterp_course.instructor import grade
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(path.parent.name for path in (ROOT / "solutions").glob("*/*.ipynb"))
@@ -28,22 +30,32 @@ CELL_TIMEOUT_S = 300
 WRONG_ANSWERS = {
     "00_history": (
         "ex-top",
-        "def top_activating_examples(activation_fn, images, k):\n"
+        "@exercise\ndef top_activating_examples(activation_fn, images, k):\n"
         "    activations = activation_fn(images)\n"
         "    order = torch.sort(activations).indices[-k:]  # the k largest, but smallest first\n"
         "    return activations[order], order\n",
         "test-top", "top_activating_examples"),
     "01_circuits": (
         "ex-composition",
-        "def composition_score(W_A, W_B):\n"
+        "@exercise\ndef composition_score(W_A, W_B):\n"
         "    return (W_A @ W_B).norm(dim=(-2, -1)) / W_A.norm(dim=(-2, -1))  # forgot to divide by ||W_B||\n",
         "test-composition", "composition_score"),
     "02_grokking": (
         "ex-ssw",
-        "def sum_of_squared_weights(model):\n"
-        "    return sum(p.detach().pow(2).sum() for n, p in model.named_parameters() if 'weight' in n)  # forgot biases\n",
+        "@exercise\ndef sum_of_squared_weights(model):\n"
+        "    return sum(p.detach().pow(2).sum() for n, p in model.named_parameters() if 'weight' in n)  # no biases\n",
         "test-ssw", "sum_of_squared_weights"),
 }
+#: Code that silences every error in the kernel, and code that replaces every check with one that passes.
+SILENCE = "get_ipython().showtraceback = lambda *args, **kwargs: None"
+REBIND = ("import importlib\n"
+          "checks_module = importlib.import_module('mechinterp_course.{package}.checks')\n"
+          "passed = lambda *args, **kwargs: print('\\u2705 correct')\n"
+          "for name in list(vars(checks_module)):\n"
+          "    setattr(checks_module, name, passed)\n"
+          "for name in dir(check):\n"
+          "    if not name.startswith('_'):\n"
+          "        setattr(check, name, passed)")
 
 pytestmark = pytest.mark.slow
 
@@ -58,13 +70,40 @@ def _autograded(nb) -> dict[str, float]:
             if c.cell_type == "code" and _meta(c).get("grade") and not _meta(c).get("solution")}
 
 
+def _copy(nb):
+    return nbformat.from_dict(json.loads(json.dumps(nb)))
+
+
+def _with_cell(nb, source: str):
+    """The notebook with a code cell of the student's own right after the setup cell (the first code cell)."""
+    nb = _copy(nb)
+    first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    nb.cells.insert(first + 1, nbformat.v4.new_code_cell(source))
+    return nb
+
+
+def _reference_everywhere(source_nb, release_nb, package: str):
+    """The released notebook with every exercise cell replaced by an import of the chapter's reference answers."""
+    nb = _copy(release_nb)
+    solutions = {_meta(c)["grade_id"]: c for c in source_nb.cells
+                 if c.cell_type == "code" and _meta(c).get("solution")}
+    for cell in nb.cells:
+        grade_id = _meta(cell).get("grade_id")
+        if grade_id in solutions:
+            names = [n.name for n in ast.parse(solutions[grade_id].source).body if isinstance(n, ast.FunctionDef)]
+            if names:
+                cell.source = f"from mechinterp_course.{package}.reference import {', '.join(names)}"
+    return nb
+
+
 @pytest.fixture(scope="module", params=CHAPTERS)
 def graded(request, tmp_path_factory):
     chapter = request.param
+    package = chapter.split("_", 1)[1]
     assert chapter in WRONG_ANSWERS, f"add a plausible wrong answer for {chapter} to WRONG_ANSWERS"
     source = nbformat.read(ROOT / "solutions" / chapter / f"{chapter}.ipynb", as_version=4)
     release = nbformat.read(ROOT / "chapters" / chapter / f"{chapter}.ipynb", as_version=4)
-    wrong = nbformat.from_dict(json.loads(json.dumps(source)))
+    wrong = _copy(source)
     grade_id, wrong_source, _, _ = WRONG_ANSWERS[chapter]
     [cell] = [c for c in wrong.cells if _meta(c).get("grade_id") == grade_id]
     cell.source = wrong_source
@@ -72,16 +111,20 @@ def graded(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(chapter)
     downloads = tmp / "downloads"
     downloads.mkdir()
-    for student, nb in {"solution": source, "blank": release, "wrong": wrong}.items():
+    submissions = {"solution": source, "blank": release, "wrong": wrong,
+                   "reference": _reference_everywhere(source, release, package),
+                   "rebind": _with_cell(release, REBIND.format(package=package)),
+                   "silenced": _with_cell(release, SILENCE)}
+    for student, nb in submissions.items():
         nbformat.write(nb, downloads / f"{student}_{chapter}.ipynb")
-    report = autograde.grade(chapter, [downloads], tmp / "grading", timeout=CELL_TIMEOUT_S, course_dir=ROOT)
+    report = grade.grade(chapter, [downloads], tmp / "grading", timeout=CELL_TIMEOUT_S, course_dir=ROOT, jobs=2)
     return chapter, source, report
 
 
 def test_solution_runs_end_to_end_and_earns_full_marks(graded):
     chapter, source, report = graded
     result = report["solution"]
-    assert not result.problems, result.problems
+    assert not [p for p in result.problems if "flagged" not in p], result.problems
     expected = _autograded(source)
     assert {k: result.cell_scores[k][0] for k in expected} == expected
     assert result.auto_score == result.max_auto_score == sum(expected.values())
@@ -93,7 +136,8 @@ def test_solution_runs_end_to_end_and_earns_full_marks(graded):
     for cell in executed.cells:
         if cell.cell_type == "code" and _meta(cell).get("grade_id") in expected:
             printed = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
-            assert "\u2705" in printed, f"{_meta(cell)['grade_id']} printed no success line: {printed!r}"
+            # The visible check and the hidden one both passed.
+            assert printed.count("\u2705") >= 2, f"{_meta(cell)['grade_id']} printed: {printed!r}"
 
 
 def test_blank_release_scores_zero_on_every_autograded_exercise(graded):
@@ -104,7 +148,7 @@ def test_blank_release_scores_zero_on_every_autograded_exercise(graded):
     assert result.auto_score == 0 and result.max_auto_score > 0
 
 
-def test_wrong_answer_gets_partial_marks_and_the_graders_message(graded):
+def test_wrong_answer_gets_partial_marks_and_the_checks_message(graded):
     chapter, source, report = graded
     _, _, test_id, words = WRONG_ANSWERS[chapter]
     result = report["wrong"]
@@ -114,3 +158,21 @@ def test_wrong_answer_gets_partial_marks_and_the_graders_message(graded):
     feedback = result.feedback.read_text(encoding="utf-8")
     assert "CheckFailed" in feedback and words in feedback
     assert "most recent call last" not in feedback  # short tracebacks: the message, never the test code
+    assert "hidden=" not in feedback
+
+
+@pytest.mark.parametrize("student", ["reference", "rebind", "silenced"])
+def test_bypasses_earn_nothing_and_are_flagged(graded, student):
+    chapter, source, report = graded
+    result = report[student]
+    scores = {k: result.cell_scores[k][0] for k in _autograded(source)}
+    assert scores == dict.fromkeys(scores, 0), scores
+    assert any("flagged for the instructor" in p for p in result.problems), result.problems
+
+
+def test_the_reference_is_never_in_a_graded_notebook(graded):
+    chapter, source, report = graded
+    executed = nbformat.read(report.out_dir / "submitted" / "reference" / chapter / f"{chapter}.ipynb",
+                             as_version=4)
+    outputs = json.dumps([c.get("outputs") for c in executed.cells if c.cell_type == "code"])
+    assert re.search(r"not available while your notebook is graded", outputs)

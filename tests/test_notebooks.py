@@ -6,6 +6,7 @@ runs it in a real kernel, so one execution checks both that it runs and that it 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -55,3 +56,47 @@ def test_every_written_question_stays_visible_to_students(path):
         index = next(j for j, c in enumerate(released.cells) if c.id == cell.id)
         assert released.cells[index].source.strip() == "YOUR ANSWER HERE"
         assert released.cells[index - 1].source == before.source
+
+
+def _code_cells(nb, **flags):
+    return [c for c in nb.cells if c.cell_type == "code"
+            and all(bool(c.metadata.get("nbgrader", {}).get(k)) == v for k, v in flags.items())]
+
+
+def test_every_test_cell_is_plain_check_calls_with_a_hidden_part_of_its_own():
+    """The grader runs test cells by reading them (mechinterp_course.instructor.judge): only check calls. Every
+    autograded cell hides a second call on inputs the student never sees, with a salt no other cell shares."""
+    from mechinterp_course.instructor.export import test_cell_calls
+
+    salts = []
+    for path in SOLUTIONS:
+        nb = nbformat.read(path, as_version=4)
+        for cell in _code_cells(nb, grade=True, solution=False):
+            grade_id = cell.metadata["nbgrader"]["grade_id"]
+            calls = test_cell_calls(cell.source)
+            visible = [c for c in calls if not any(k.arg == "hidden" for k in c.keywords)]
+            hidden = [c for c in calls if any(k.arg == "hidden" for k in c.keywords)]
+            assert visible and hidden, f"{path.name} {grade_id}: needs a visible check and a hidden one"
+            assert "### BEGIN HIDDEN TESTS" in cell.source and "### END HIDDEN TESTS" in cell.source, grade_id
+            assert [c.func.attr for c in visible] == [c.func.attr for c in hidden], grade_id
+            salts += [k.value.value for c in hidden for k in c.keywords if k.arg == "hidden"]
+    assert len(salts) == len(set(salts)), "every hidden test needs a salt of its own"
+
+
+def test_exercise_functions_are_declared_and_demo_cells_never_reach_for_answers():
+    """Every function a student writes is under @exercise (so that the cells after it fall back to the reference
+    until it passes); no cell but a test cell calls a check, and no cell imports a reference module."""
+    import ast
+
+    for path in SOLUTIONS:
+        nb = nbformat.read(path, as_version=4)
+        for cell in _code_cells(nb, solution=True):
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.FunctionDef):
+                    decorators = [ast.unparse(d) for d in node.decorator_list]
+                    assert any(d.startswith("exercise") for d in decorators), f"{path.name}: {node.name}"
+        for cell in _code_cells(nb, grade=False):
+            assert not re.search(r"\.reference\b|import\s+reference\b|\breference\.", cell.source), \
+                f"{path.name}: a cell uses the reference: {cell.source[:80]!r}"
+            assert not any(line.lstrip().startswith("check.") for line in cell.source.splitlines()), \
+                f"{path.name}: a cell that is not a test cell calls a check"

@@ -25,6 +25,9 @@ from .. import tasks
 #: Heads whose induction (or previous-token) score exceeds this count as such heads (the TransformerLens demos'
 #: convention).
 INDUCTION_THRESHOLD = 0.4
+#: A head does its job at a query position when it puts at least this share of its attention on the key the job
+#: names (section 2's "where does a head work"): at least as much as on all other keys together.
+ATTENTION_MAJORITY = 0.5
 
 #: ``ablate(z, head, method, reference, resample_index) -> z'``: the signature of the chapter's ``ablate_head``.
 AblateFn = Callable[..., Tensor]

@@ -583,10 +583,15 @@ def patch_heads(fn: Callable) -> str:
     """``fn(model, clean, corrupted, metric) -> [n_layers, n_heads]``."""
     model = models.fresh(MODEL)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    # A known answer first: with nothing to patch (clean = corrupted) every head gives the corrupted run's metric.
+    pair, metric = next(_patching_trials(model, n=1))
+    same = call(fn, model, pair.corrupted.clone(), pair.corrupted.clone(), metric)
+    model.reset_hooks()
+    compare(same, _metric_of(model, pair.corrupted, metric).expand(n_layers, n_heads), "the per-head results",
+            atol=1e-3, index=layer_head_index, context="with clean = corrupted (patching then changes nothing: "
+            "every entry must be the corrupted run's metric, the raw logit difference)")
     for pair, metric in _patching_trials(model):
         context = _batch_context(pair)
-        if pair is not None and not hasattr(patch_heads, "_anchored"):
-            pass
         expected = reference.patch_heads(model, pair.clean, pair.corrupted, metric).detach()
         actual = call(fn, model, pair.clean.clone(), pair.corrupted.clone(), metric)
         model.reset_hooks()
@@ -612,14 +617,7 @@ def patch_heads(fn: Callable) -> str:
                             f"position."),
         ], atol=1e-3)
         compare(actual, expected, "the per-head results", atol=1e-3, context=context, index=layer_head_index)
-    # A known answer: with nothing to patch (clean = corrupted) every head gives the corrupted run's metric.
-    pair, metric = next(_patching_trials(model, n=1))
-    same = call(fn, model, pair.corrupted.clone(), pair.corrupted.clone(), metric)
-    model.reset_hooks()
-    compare(same, _metric_of(model, pair.corrupted, metric).expand(n_layers, n_heads), "the per-head results",
-            atol=1e-3, index=layer_head_index, context="with clean = corrupted (patching then changes nothing: "
-            "every entry must be the corrupted run's metric)")
-    return "2 fresh clean/corrupted batches; clean = corrupted changes nothing"
+    return "clean = corrupted changes nothing; 2 fresh clean/corrupted batches"
 
 
 @check("attribution_patch_heads")
@@ -750,39 +748,41 @@ def path_patch_key(fn: Callable) -> str:
 @check("composition_score")
 def composition_score(fn: Callable) -> str:
     """``fn(W_A [..., n, m], W_B [..., m, k]) -> [...]``."""
-    # Known answers first. Identities compose fully, but the score of two n x n identities is 1 / sqrt(n)...
     n = 8
-    identity = torch.eye(n)
-    compare(call(fn, identity.clone(), identity.clone()), torch.tensor(n ** -0.5), "the score of W_A = W_B = I_8",
-            context="(||I I||_F / (||I||_F ||I||_F) = 1 / sqrt(8))")
-    # ... and when W_A writes only where W_B does not read, nothing passes: the score is 0.
+    shapes = [((n, n), (n, n)), ((3, 6, 5), (3, 5, 7)), ((2, 1, 4, 4), (1, 3, 4, 4))]
+    cases = []
+    for trial, (shape_a, shape_b) in zip(trials(len(shapes)), shapes):
+        W_A = torch.randn(*shape_a, generator=trial.generator)
+        W_B = torch.randn(*shape_b, generator=trial.generator)
+        cases.append((W_A, W_B, reference.composition_score(W_A, W_B),
+                      f"(W_A {tuple(W_A.shape)}, W_B {tuple(W_B.shape)})"))
+    # The property first: the score measures directions, not sizes; a missing norm shows as a changed score.
+    W_A, W_B, expected, context = cases[0]
+    plain, rescaled = call(fn, W_A.clone(), W_B.clone()), call(fn, 3.0 * W_A, 0.5 * W_B)
+    first, second = _as_float(plain, expected.shape), _as_float(rescaled, expected.shape)
+    if first is not None and second is not None and not _matches(second, first):
+        ratio = float(second / first)
+        which = {3.0: "W_A: divide by ||W_A||_F", 0.5: "W_B: divide by ||W_B||_F",
+                 1.5: "both matrices: divide by ||W_A||_F ||W_B||_F"}
+        hint = next((text for factor, text in which.items() if math.isclose(ratio, factor, rel_tol=1e-3)),
+                    "the matrices' sizes: divide by both Frobenius norms")
+        fail(f"rescaling W_A by 3 and W_B by 0.5 multiplies your score by {ratio:.4g} {context}; the score must not "
+             f"change: yours grows with {hint}.")
+    # Known answers: when W_A writes only where W_B does not read, nothing passes (the score is 0) ...
     writes, reads = torch.zeros(n, n), torch.zeros(n, n)
     writes[0, 1], reads[0, 1] = 1.0, 1.0  # x W_A puts x_0 in direction 1; W_B reads direction 0 only
     disjoint = call(fn, writes, reads)
     if not _matches(disjoint, 0.0):
+        shown = f"{float(disjoint):.4g}" if _as_float(disjoint, ()) is not None else "not 0"
         fail(f"W_A writes only to direction 1 and W_B reads only direction 0, so their product is zero and the score "
-             f"must be 0; yours is {float(torch.as_tensor(disjoint).flatten()[0]):.4g}: use the matrix product "
-             f"W_A @ W_B (not an element-wise product).")
-    shapes = [((8, 8), (8, 8)), ((3, 6, 5), (3, 5, 7)), ((2, 1, 4, 4), (1, 3, 4, 4))]
-    for trial, (shape_a, shape_b) in zip(trials(len(shapes)), shapes):
-        W_A = torch.randn(*shape_a, generator=trial.generator)
-        W_B = torch.randn(*shape_b, generator=trial.generator)
-        context = f"(W_A {tuple(W_A.shape)}, W_B {tuple(W_B.shape)})"
-        expected = reference.composition_score(W_A, W_B)
-        # The property next: the score measures directions, not sizes.
-        plain = call(fn, W_A.clone(), W_B.clone())
-        rescaled = call(fn, 3.0 * W_A, 0.5 * W_B)
-        first, second = _as_float(plain, expected.shape), _as_float(rescaled, expected.shape)
-        if first is not None and second is not None and not _matches(second, first):
-            ratio = float((second / first).flatten()[0])
-            which = {3.0: "W_A: divide by ||W_A||_F", 0.5: "W_B: divide by ||W_B||_F",
-                     1.5: "both matrices: divide by ||W_A||_F ||W_B||_F"}
-            hint = next((text for factor, text in which.items() if math.isclose(ratio, factor, rel_tol=1e-3)),
-                        "the matrices' sizes: divide by both Frobenius norms")
-            fail(f"rescaling W_A by 3 and W_B by 0.5 multiplies your score by {ratio:.4g} {context}; the score must "
-                 f"not change: yours grows with {hint}.")
-        compare(plain, expected, "the scores", context=context, index=["pair "])
-    return "1 / sqrt(n) for identities, 0 for disjoint directions; invariant to rescaling; 3 shapes, batched"
+             f"must be 0; yours is {shown}: use the matrix product W_A @ W_B (not an element-wise product).")
+    # ... and two n x n identities compose fully, but score 1 / sqrt(n).
+    identity = torch.eye(n)
+    compare(call(fn, identity.clone(), identity.clone()), torch.tensor(n ** -0.5), f"the score of W_A = W_B = I_{n}",
+            context=f"(||I I||_F / (||I||_F ||I||_F) = 1 / sqrt({n}))")
+    for W_A, W_B, expected, context in cases:
+        compare(call(fn, W_A.clone(), W_B.clone()), expected, "the scores", context=context, index=["pair "])
+    return "invariant to rescaling; 0 for disjoint directions, 1 / sqrt(n) for identities; 3 shapes, batched"
 
 
 def _identity_ov(n: int, factors: Sequence[float]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -873,7 +873,7 @@ def diagonal_win_rate(fn: Callable) -> str:
         actual = call(fn, circuit)
         unchanged(before, circuit, "circuit")
         compare(actual, reference.diagonal_win_rate(circuit), "the scores",
-                context=f"(circuits of shape {tuple(circuit.shape)})", index=None if lead else None)
+                context=f"(circuits of shape {tuple(circuit.shape)})")
     return "anchors (identity 1, shifted 0, half 0.5, column winner 1/n); random circuits, batched"
 
 

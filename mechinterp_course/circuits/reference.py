@@ -22,6 +22,8 @@ EXERCISES: dict[str, str] = {
     'duplicate_token_scores': '2.1–2.3',
     'induction_scores': '2.1–2.3',
     'circuit_heads': '2.4',
+    'previous_token_attention': '2.5',
+    'previous_token_until': '2.6',
     'head_direct_logit_attribution': '3.1',
     'decompose_logit_diff': '3.2',
     'ablate_head': '4.1',
@@ -31,6 +33,9 @@ EXERCISES: dict[str, str] = {
     'attribution_patch_heads': '6.1',
     'path_patch_key': '7.1',
     'composition_score': '7.2',
+    'full_ov_circuit': '7.3',
+    'diagonal_win_rate': '7.3',
+    'prefix_matching_circuit': '7.4',
     'circuit_studies': '8.1',
     'measure': '9.1',
     'my_scores': '10.1',
@@ -60,6 +65,7 @@ __all__ = [
     "previous_token_scores",
     "duplicate_token_scores",
     "induction_scores",
+    "previous_token_attention",
     "head_direct_logit_attribution",
     "decompose_logit_diff",
     "ablate_head",
@@ -69,6 +75,9 @@ __all__ = [
     "attribution_patch_heads",
     "path_patch_key",
     "composition_score",
+    "full_ov_circuit",
+    "diagonal_win_rate",
+    "prefix_matching_circuit",
     "measure",
 ]
 
@@ -83,7 +92,8 @@ def get_attention_pattern(model, tokens: torch.Tensor, layer: int) -> torch.Tens
 
 
 def previous_token_scores(pattern: torch.Tensor) -> torch.Tensor:
-    """pattern [batch, n_heads, q, k] -> [n_heads]: mean attention from each position to the one before it.
+    """pattern [batch, n_heads, q, k] -> [n_heads]: mean attention from each position to the one
+    before it.
 
     Defined in solutions/01_circuits/01_circuits.ipynb, exercise 2.1–2.3.
     """
@@ -99,14 +109,26 @@ def duplicate_token_scores(pattern: torch.Tensor, half_len: int) -> torch.Tensor
 
 
 def induction_scores(pattern: torch.Tensor, half_len: int) -> torch.Tensor:
-    """pattern on BOS + x + x -> [n_heads]: mean attention from each token to the token after its earlier copy.
+    """pattern on BOS + x + x -> [n_heads]: mean attention from each token to the token after its
+    earlier copy.
 
     Defined in solutions/01_circuits/01_circuits.ipynb, exercise 2.1–2.3.
     """
     return pattern.diagonal(offset=-(half_len - 1), dim1=-2, dim2=-1).mean(dim=(0, -1))
 
 
-def head_direct_logit_attribution(z: torch.Tensor, W_O: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+def previous_token_attention(pattern: torch.Tensor) -> torch.Tensor:
+    """pattern [batch, n_heads, q, k] -> [n_heads, q]: mean over the batch of each query position's
+    attention to the position before it; NaN at position 0, which has none.
+
+    Defined in solutions/01_circuits/01_circuits.ipynb, exercise 2.5.
+    """
+    to_previous = pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=0)  # [n_heads, q - 1]
+    return torch.nn.functional.pad(to_previous, (1, 0), value=float("nan"))
+
+
+def head_direct_logit_attribution(z: torch.Tensor, W_O: torch.Tensor,
+                                  direction: torch.Tensor) -> torch.Tensor:
     """z [batch, n_heads, d_head], W_O [n_heads, d_head, d_model], direction [batch, d_model]
     -> [batch, n_heads].
 
@@ -124,7 +146,8 @@ def decompose_logit_diff(model, cache, answer: torch.Tensor, wrong: torch.Tensor
     """
     direction = model.W_U[:, answer].T - model.W_U[:, wrong].T  # [batch, d_model]
     terms, labels = [], []
-    for label, resid in [("embed", cache["hook_embed"][:, -1]), ("pos_embed", cache["hook_pos_embed"][:, -1])]:
+    embeddings = {"embed": cache["hook_embed"][:, -1], "pos_embed": cache["hook_pos_embed"][:, -1]}
+    for label, resid in embeddings.items():
         terms.append((resid * direction).sum(-1).mean())
         labels.append(label)
     for layer in range(model.cfg.n_layers):
@@ -167,8 +190,10 @@ def normalised_metric(value, clean, corrupted):
     return (value - corrupted) / (clean - corrupted)
 
 
-def patch_residual_by_layer_pos(model, clean: torch.Tensor, corrupted: torch.Tensor, metric) -> torch.Tensor:
-    """-> [n_layers, pos]: metric of the corrupted run with resid_pre[layer, pos] patched from the clean run.
+def patch_residual_by_layer_pos(model, clean: torch.Tensor, corrupted: torch.Tensor,
+                                metric) -> torch.Tensor:
+    """-> [n_layers, pos]: metric of the corrupted run with resid_pre[layer, pos] patched from
+    the clean run.
 
     Defined in solutions/01_circuits/01_circuits.ipynb, exercise 5.2.
     """
@@ -186,7 +211,8 @@ def patch_residual_by_layer_pos(model, clean: torch.Tensor, corrupted: torch.Ten
 
 
 def patch_heads(model, clean: torch.Tensor, corrupted: torch.Tensor, metric) -> torch.Tensor:
-    """-> [n_layers, n_heads]: metric of the corrupted run with one head's z patched from the clean run.
+    """-> [n_layers, n_heads]: metric of the corrupted run with one head's z patched from the
+    clean run.
 
     Defined in solutions/01_circuits/01_circuits.ipynb, exercise 5.3.
     """
@@ -203,7 +229,8 @@ def patch_heads(model, clean: torch.Tensor, corrupted: torch.Tensor, metric) -> 
     return out
 
 
-def attribution_patch_heads(model, clean: torch.Tensor, corrupted: torch.Tensor, metric) -> torch.Tensor:
+def attribution_patch_heads(model, clean: torch.Tensor, corrupted: torch.Tensor,
+                            metric) -> torch.Tensor:
     """-> [n_layers, n_heads]: first-order estimate of patch_heads.
 
     Defined in solutions/01_circuits/01_circuits.ipynb, exercise 6.1.
@@ -215,7 +242,7 @@ def attribution_patch_heads(model, clean: torch.Tensor, corrupted: torch.Tensor,
         # hook.name can be the bridge's internal name, so each hook is told which name it stands for
         corrupted_z[name] = z.detach()
         probes[name] = torch.zeros_like(z, requires_grad=True)
-        return z + probes[name]  # the graph stays whole: later layers' gradients flow back to this layer
+        return z + probes[name]  # the graph stays whole: later layers' gradients reach this one
     with torch.enable_grad():
         hooks = [(name, functools.partial(add_probe, name=name)) for name in names]
         value = metric(model.run_with_hooks(corrupted, fwd_hooks=hooks))
@@ -239,7 +266,8 @@ def path_patch_key(model, clean, corrupted, sender: tuple[int, int], receiver: t
     name = f"blocks.{s_layer}.attn.hook_z"
     _, clean_cache = model.run_with_cache(clean)
     _, corrupted_cache = model.run_with_cache(corrupted)
-    delta_z = clean_cache[name][:, :, s_head] - corrupted_cache[name][:, :, s_head]  # [batch, pos, d_head]
+    # [batch, pos, d_head]: what the clean run changes in the sender's z
+    delta_z = clean_cache[name][:, :, s_head] - corrupted_cache[name][:, :, s_head]
     delta_out = delta_z @ model.W_O[s_layer, s_head]  # [batch, pos, d_model]
     delta_k = delta_out @ model.W_K[r_layer, r_head]
     def hook(k, hook):
@@ -258,13 +286,51 @@ def composition_score(W_A: torch.Tensor, W_B: torch.Tensor) -> torch.Tensor:
     return (W_A @ W_B).norm(dim=(-2, -1)) / (W_A.norm(dim=(-2, -1)) * W_B.norm(dim=(-2, -1)))
 
 
+def full_ov_circuit(W_E: torch.Tensor, W_V: torch.Tensor, W_O: torch.Tensor,
+                    W_U: torch.Tensor) -> torch.Tensor:
+    """W_E [d_vocab, d_model], W_V [n_heads, d_model, d_head], W_O [n_heads, d_head, d_model],
+    W_U [d_model, d_vocab] -> [n_heads, d_vocab, d_vocab]: row s is what each head adds to every
+    logit when it attends to token s.
+
+    Defined in solutions/01_circuits/01_circuits.ipynb, exercise 7.3.
+    """
+    read = einops.einsum(W_E, W_V, "vocab d_model, head d_model d_head -> head vocab d_head")
+    written = einops.einsum(W_O, W_U, "head d_head d_model, d_model vocab -> head d_head vocab")
+    return read @ written
+
+
+def diagonal_win_rate(circuit: torch.Tensor) -> torch.Tensor:
+    """circuit [..., n, n] -> [...]: the fraction of rows whose diagonal entry is the largest of
+    the row.
+
+    Defined in solutions/01_circuits/01_circuits.ipynb, exercise 7.3.
+    """
+    n = circuit.shape[-1]
+    winners = circuit.argmax(dim=-1)  # [..., n]: the column that wins each row
+    return (winners == torch.arange(n, device=circuit.device)).float().mean(dim=-1)
+
+
+def prefix_matching_circuit(W_E: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor,
+                            W_OV_prev: torch.Tensor) -> torch.Tensor:
+    """W_E [d_vocab, d_model], W_Q and W_K [n_heads, d_model, d_head], W_OV_prev [d_model, d_model]
+    -> [n_heads, d_vocab, d_vocab]: entry [h, t, s] is head h's attention score from a query on
+    token t to a key whose previous token is s, as the previous-token head writes it.
+
+    Defined in solutions/01_circuits/01_circuits.ipynb, exercise 7.4.
+    """
+    queries = W_E @ W_Q  # [n_heads, d_vocab, d_head]: every token as the query's token
+    keys = W_E @ W_OV_prev @ W_K  # [n_heads, d_vocab, d_head]: every token as a key's previous one
+    return queries @ keys.transpose(-1, -2)
+
+
 def measure(model, tokens: torch.Tensor, half_len: int) -> dict:
     """The comparison table's three numbers, measured on tokens = BOS + x + x.
 
     Defined in solutions/01_circuits/01_circuits.ipynb, exercise 9.1.
     """
     logits, cache = model.run_with_cache(tokens)
-    scores = circuits.all_head_scores(cache, model.cfg.n_layers, induction_scores, half_len=half_len)
+    scores = circuits.all_head_scores(cache, model.cfg.n_layers, induction_scores,
+                                      half_len=half_len)
     losses = circuits.per_token_loss(logits, tokens)  # [batch, pos - 1]
     late, early = losses[:, circuits.ICL_LATE_POS].mean(), losses[:, circuits.ICL_EARLY_POS].mean()
     return {

@@ -71,23 +71,23 @@ CIRCUIT_STUDIES: tuple[CircuitStudy, ...] = (
 LISTED_WITHOUT_RESULT = ("pronoun selection", "greater than", "docstring", "time", "arithmetic",
                          "multiple choice QA")
 
-
-
 #: The quiz: observations a researcher might make, each an instance of one study's finding above (the student
-#: names the study's ``key``). Written from the same sources, in other words than the table's.
+#: names the study's ``key``). Written from the same sources as the table but about other prompts and other
+#: measurements, and without the table's wording: matching a phrase is not enough, the finding has to be recognised.
 STUDY_SCENARIOS: dict[str, str] = {
-    "A": "You knock out every head that moves the indirect object's name to the output, and the logit difference "
-         "falls by only about a twentieth.",
-    "B": "You remove a whole attention layer, and a later layer changes its output to make up for it, in a model "
-         "that was never trained with dropout.",
-    "C": "In a small model one layer-0 head attends to the previous token while every layer-1 head attends to the "
-         "token after an earlier copy of the current one: each does one nameable job.",
-    "D": "A set of a few dozen heads in GPT-2 small, run on its own, keeps most of the model's preference for the "
-         "right name in sentences like 'When Mary and John went to the store, John gave a drink to'.",
-    "E": "One study takes question answering, type hints, factual recall, variable binding, translation and "
-         "induction together, as a constellation of tasks.",
-    "F": "A head looks for an earlier occurrence of the current token, attends to the token that followed it, and "
-         "raises that token's logit.",
-    "G": "A model with two attention-only layers and about fifty thousand parameters learns to continue repeated "
-         "sequences on a laptop in under two thousand steps; a one-layer model never does.",
+    "A": "In a large model's name-copying circuit you knock out the heads that carry the name to the output. The "
+         "answer barely suffers: heads that had contributed little before now do the carrying.",
+    "B": "In a model trained with no dropout at all, you zero the output of one attention layer and measure what "
+         "every later layer writes: one of them now writes far more of the answer than it did.",
+    "C": "Going through a model's heads one by one, you can give most of them a one-line job description: 'looks "
+         "at the word before', 'looks at an earlier copy of this word', 'looks where that copy continued'.",
+    "D": "On 'When Mary and John went to the store, John gave a drink to', GPT-2 small with all but a few dozen "
+         "heads ablated still does most of what the whole model does in preferring 'Mary' over 'John'.",
+    "E": "Rather than one behaviour, a single study takes a whole collection of tasks (answering questions, "
+         "recalling facts, binding variables, translating, ...) and analyses them side by side.",
+    "F": "In a text where 'Harry Potter' appeared earlier, at the next 'Harry' one head's attention jumps to the "
+         "earlier 'Potter', and the model's logit for 'Potter' goes up.",
+    "G": "On a laptop CPU, a model with two layers of attention and nothing else learns within a couple of "
+         "thousand steps to predict the second half of random repeated sequences; the same recipe with one "
+         "layer never gets there.",
 }

@@ -47,6 +47,8 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 INTERRUPT_GRACE_S = 10
 #: Marks a cell the grader inserted in place of a deleted test cell (never run; scores zero).
 DELETED_MARK = "mechinterp_deleted"
+#: Size of the in-memory folder that holds a kernel's sockets and the grader's messages (MB).
+IPC_FOLDER_MB = 64
 
 
 class KernelDied(RuntimeError):
@@ -99,6 +101,12 @@ class Slot:
         return env
 
 
+def _release(folder: Path) -> None:
+    """Unmount a kernel's socket folder if a previous kernel mounted it."""
+    if os.geteuid() == 0 and os.path.ismount(folder):
+        sandbox.unmount(str(folder))
+
+
 class Kernel:
     """One sandboxed IPython kernel (start, run code, interrupt, kill). ``files``: the released chapter folder's
     files, copied into the kernel's private working folder."""
@@ -119,9 +127,12 @@ class Kernel:
         from jupyter_client.kernelspec import KernelSpec
 
         self.shutdown()
+        _release(self.ipc)
         if self.ipc.exists():
             shutil.rmtree(self.ipc, ignore_errors=True)
         self.ipc.mkdir(parents=True)
+        if os.geteuid() == 0:  # the one folder the kernel can write outside its box: keep it small
+            sandbox.mount_small_tmpfs(str(self.ipc), IPC_FOLDER_MB)
         uid = self.slot.uid
         if uid is not None:
             os.chown(self.ipc, uid, uid)
@@ -182,6 +193,11 @@ class Kernel:
             except Exception:  # noqa: BLE001
                 pass
         self.km = self.kc = None
+
+    def close(self) -> None:
+        """Shut down and give back the socket folder."""
+        self.shutdown()
+        _release(self.ipc)
 
     # -- running code ------------------------------------------------------------------------------------------
 

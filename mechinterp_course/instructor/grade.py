@@ -545,7 +545,10 @@ def _run_one(task: dict) -> dict:
     if task["run"]:
         judge = Judge(task["package"], timeout=task["timeout"], slot=_worker_slot)
         kernel = execute.Kernel(_worker_slot, task["files"])
-        notes += execute.run_notebook(nb, kernel, judge, timeout=task["timeout"])
+        try:
+            notes += execute.run_notebook(nb, kernel, judge, timeout=task["timeout"])
+        finally:
+            kernel.close()
         status = kernel.status
         notes += [f"grading problem: {p}" for p in judge.problems]
         notes += suspicious_code(nb) + reached_for_hidden(nb)

@@ -113,6 +113,16 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
     _check(_libc.mount(encode(source), encode(target), encode(fstype), flags, encode(data)), f"mount {target}")
 
 
+def mount_small_tmpfs(target: str, size_mb: int) -> None:
+    """Mount an in-memory folder of ``size_mb`` on ``target`` (root only; used by the grader for sockets)."""
+    _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_mb}m,mode=0700")
+
+
+def unmount(target: str) -> None:
+    MNT_DETACH = 2
+    _check(_libc.umount2(target.encode(), MNT_DETACH), f"umount {target}")
+
+
 def _prctl(option: int, value: int) -> None:
     _check(_libc.prctl(option, value, 0, 0, 0), "prctl")
 
@@ -298,7 +308,8 @@ ANSWER_KEYS: dict = {}
 
 
 def __getattr__(name):
-    raise AttributeError(f"the reference answer {name!r} is not available while your notebook is graded")
+    # ImportError, not AttributeError: `from ... import name` would replace an AttributeError's message with its own.
+    raise ImportError(f"the reference answer {name!r} is not available while your notebook is graded")
 '''
 
 CHECKS_STUB = '''"""Hidden while a notebook is graded: the grader runs the checks in its own process, not in the notebook."""
@@ -331,7 +342,7 @@ class Plan:
         Path(self.stub_dir).mkdir(parents=True, exist_ok=True)
         for name, text in HIDDEN_MODULES.items():
             stub = Path(self.stub_dir) / name
-            if not stub.exists():
+            if not stub.is_file() or stub.read_text() != text:
                 stub.write_text(text)
                 stub.chmod(0o644)
             for target in Path(self.package_dir).glob(f"*/{name}"):
