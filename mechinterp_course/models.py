@@ -211,7 +211,8 @@ def config_dict(config: ModelConfig) -> dict:
 
 
 @functools.lru_cache(maxsize=4)
-def _zoo_state(name: str) -> tuple[dict[str, torch.Tensor], dict]:
+def zoo_state(name: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(state_dict, card)`` of a zoo model, read once per process (do not modify the tensors)."""
     model, model_card = load(name)
     return {k: v.clone() for k, v in model.state_dict().items()}, model_card
 
@@ -219,7 +220,7 @@ def _zoo_state(name: str) -> tuple[dict[str, torch.Tensor], dict]:
 def fresh(name: str):
     """A pristine copy of a zoo model, whatever a notebook did to the one it loaded (hooks, edited weights): what
     the checks hand to a student's function. Loads the checkpoint once per process."""
-    state, model_card = _zoo_state(name)
+    state, model_card = zoo_state(name)
     model = make_model(model_card["config"], seed=model_card["seed"])
     model.load_state_dict(state)
     model.zoo_name = name

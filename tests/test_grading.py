@@ -438,13 +438,13 @@ def _uid(pid: str) -> int:
 def test_nbgrader_autograde_in_the_folder_grades_sealed_notebooks_and_refuses_the_rest(batch):
     from nbgrader.converters import Autograde
 
-    config = grade._stage2_config(batch.out_dir)
-    assert grade._run_converter(Autograde, config, CHAPTER, "solution") == ""
+    config = grade.stage2_config(batch.out_dir)
+    assert grade.run_converter(Autograde, config, CHAPTER, "solution") == ""
     release = nbformat.read(batch.out_dir / "release" / CHAPTER / f"{CHAPTER}.ipynb", as_version=4)
     folder = batch.out_dir / "submitted" / "late_one" / CHAPTER
     folder.mkdir(parents=True)
     nbformat.write(release, folder / f"{CHAPTER}.ipynb")  # never executed: would score full marks on nothing
-    failure = grade._run_converter(Autograde, config, CHAPTER, "late_one")
+    failure = grade.run_converter(Autograde, config, CHAPTER, "late_one")
     assert "not executed by `mechinterp-course grade`" in failure
     shutil.rmtree(folder.parent)
 

@@ -748,41 +748,35 @@ def path_patch_key(fn: Callable) -> str:
 @check("composition_score")
 def composition_score(fn: Callable) -> str:
     """``fn(W_A [..., n, m], W_B [..., m, k]) -> [...]``."""
-    n = 8
-    shapes = [((n, n), (n, n)), ((3, 6, 5), (3, 5, 7)), ((2, 1, 4, 4), (1, 3, 4, 4))]
-    cases = []
+    shapes = [((8, 8), (8, 8)), ((3, 6, 5), (3, 5, 7)), ((2, 1, 4, 4), (1, 3, 4, 4))]
     for trial, (shape_a, shape_b) in zip(trials(len(shapes)), shapes):
         W_A = torch.randn(*shape_a, generator=trial.generator)
         W_B = torch.randn(*shape_b, generator=trial.generator)
-        cases.append((W_A, W_B, reference.composition_score(W_A, W_B),
-                      f"(W_A {tuple(W_A.shape)}, W_B {tuple(W_B.shape)})"))
-    # The property first: the score measures directions, not sizes; a missing norm shows as a changed score.
-    W_A, W_B, expected, context = cases[0]
-    plain, rescaled = call(fn, W_A.clone(), W_B.clone()), call(fn, 3.0 * W_A, 0.5 * W_B)
-    first, second = _as_float(plain, expected.shape), _as_float(rescaled, expected.shape)
-    if first is not None and second is not None and not _matches(second, first):
-        ratio = float(second / first)
-        which = {3.0: "W_A: divide by ||W_A||_F", 0.5: "W_B: divide by ||W_B||_F",
-                 1.5: "both matrices: divide by ||W_A||_F ||W_B||_F"}
-        hint = next((text for factor, text in which.items() if math.isclose(ratio, factor, rel_tol=1e-3)),
-                    "the matrices' sizes: divide by both Frobenius norms")
-        fail(f"rescaling W_A by 3 and W_B by 0.5 multiplies your score by {ratio:.4g} {context}; the score must not "
-             f"change: yours grows with {hint}.")
-    # Known answers: when W_A writes only where W_B does not read, nothing passes (the score is 0) ...
-    writes, reads = torch.zeros(n, n), torch.zeros(n, n)
-    writes[0, 1], reads[0, 1] = 1.0, 1.0  # x W_A puts x_0 in direction 1; W_B reads direction 0 only
-    disjoint = call(fn, writes, reads)
-    if not _matches(disjoint, 0.0):
-        shown = f"{float(disjoint):.4g}" if _as_float(disjoint, ()) is not None else "not 0"
-        fail(f"W_A writes only to direction 1 and W_B reads only direction 0, so their product is zero and the score "
-             f"must be 0; yours is {shown}: use the matrix product W_A @ W_B (not an element-wise product).")
-    # ... and two n x n identities compose fully, but score 1 / sqrt(n).
-    identity = torch.eye(n)
-    compare(call(fn, identity.clone(), identity.clone()), torch.tensor(n ** -0.5), f"the score of W_A = W_B = I_{n}",
-            context=f"(||I I||_F / (||I||_F ||I||_F) = 1 / sqrt({n}))")
-    for W_A, W_B, expected, context in cases:
-        compare(call(fn, W_A.clone(), W_B.clone()), expected, "the scores", context=context, index=["pair "])
-    return "invariant to rescaling; 0 for disjoint directions, 1 / sqrt(n) for identities; 3 shapes, batched"
+        context = f"(W_A {tuple(W_A.shape)}, W_B {tuple(W_B.shape)})"
+        expected = reference.composition_score(W_A, W_B)
+        plain, rescaled = call(fn, W_A.clone(), W_B.clone()), call(fn, 3.0 * W_A, 0.5 * W_B)
+        # The property first: the score measures directions, not sizes; a missing norm shows as a changed score.
+        first, second = _as_float(plain, expected.shape), _as_float(rescaled, expected.shape)
+        if first is not None and second is not None and not _matches(second, first):
+            ratio = float((second / first).flatten()[0])
+            which = {3.0: "W_A: divide by ||W_A||_F", 0.5: "W_B: divide by ||W_B||_F",
+                     1.5: "both matrices: divide by ||W_A||_F ||W_B||_F"}
+            hint = next((text for factor, text in which.items() if math.isclose(ratio, factor, rel_tol=1e-3)),
+                        "the matrices' sizes: divide by both Frobenius norms")
+            fail(f"rescaling a matrix must not change the score, but with W_A times 3 and W_B times 0.5 yours is "
+                 f"multiplied by {ratio:.4g} {context}: it grows with {hint}.")
+        norms = W_A.norm(dim=(-2, -1)) * W_B.norm(dim=(-2, -1))
+        _explain(plain, expected, [
+            (lambda: (W_A * W_B).norm(dim=(-2, -1)) / norms,
+             f"you multiplied the matrices element by element {context}; the score composes them: "
+             f"W_A @ W_B, the matrix product."),
+            (lambda: torch.linalg.matrix_norm(W_A @ W_B, ord=2) / (torch.linalg.matrix_norm(W_A, ord=2)
+                                                                    * torch.linalg.matrix_norm(W_B, ord=2)),
+             f"you used the spectral norm {context}; the score uses Frobenius norms (the default of "
+             f"tensor.norm over the last two dimensions)."),
+        ])
+        compare(plain, expected, "the scores", context=context, index=["pair "])
+    return "invariant to rescaling; 3 shapes, batched"
 
 
 def _identity_ov(n: int, factors: Sequence[float]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -891,6 +885,9 @@ def prefix_matching_circuit(fn: Callable) -> str:
     eye = torch.eye(n)
     # Known answers first: identity weights match every query to the key after its own token...
     actual = call(fn, eye.clone(), eye[None].clone(), eye[None].clone(), eye.clone())
+    _explain(actual, eye[None], [(lambda: eye[None] / math.sqrt(n),
+                                  "you divided by sqrt(d_head): the exercise asks for the product without the "
+                                  "scaling (it does not change which key wins).")])
     compare(actual, eye[None], "the circuit", index=["H", "query token ", "previous token "],
             context=f"(d_vocab = d_model = d_head = {n}, every matrix the identity: the circuit must be the identity)")
     # ... and a previous-token head that writes token s as token s + 1 moves every match by one.

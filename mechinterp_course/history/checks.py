@@ -298,6 +298,24 @@ def _visualise_once(fn: Callable, activation_fn: Callable, x0: Tensor, settings:
     return result.detach()
 
 
+def _diagnose_first_step(moved: Tensor, expected: Tensor, lr: float) -> None:
+    """Say what a wrong first step did: nothing, downhill, or a step that is not Adam's (Adam's first step moves
+    every pixel whose gradient is not zero by about ``lr``, whatever the gradient's size)."""
+    if torch.allclose(moved, expected, atol=1e-4):
+        return
+    if not moved.abs().gt(1e-8).any():
+        fail("after one step the images have not changed: step the optimiser on the copy of x0 that requires grad, "
+             "and return that copy.")
+    if torch.allclose(moved, -expected, atol=1e-4):
+        fail("after one step the pixels moved by lr *down* the gradient, lowering the unit: Adam minimises, so "
+             "minimise the negative of the objective.")
+    active = expected.abs() > lr / 2
+    size = float(moved[active].abs().mean()) if active.any() else 0.0
+    if abs(size - lr) > lr / 2:
+        fail(f"after one step the pixels moved by {size:.3g} on average, where Adam's first step moves each pixel by "
+             f"about lr={lr:g} whatever the size of its gradient: use torch.optim.Adam([x], lr=lr).")
+
+
 @check("visualise")
 def visualise(fn: Callable) -> str:
     """``fn(activation_fn, x0, steps, lr, l2, tv, jitter, seed) -> [batch, C, H, W]``: activation maximisation."""
@@ -319,9 +337,12 @@ def _check_visualise(fn: Callable) -> str:
     for steps, why in [(1, "one Adam step moves each pixel by about lr, in the direction that raises the unit"),
                        (2, "each step uses that step's gradient alone")]:
         expected = reference.visualise(unit, x0, **dict(plain, steps=steps))
-        compare(_visualise_once(fn, unit, x0, dict(plain, steps=steps)), expected, "the images", atol=1e-4,
-                context=f"after {steps} step{'s' * (steps > 1)} with lr=0.1, no penalties and no jitter ({why})",
-                index=IMAGE_INDEX)
+        actual = _visualise_once(fn, unit, x0, dict(plain, steps=steps))
+        if steps == 1:
+            _diagnose_first_step(actual - x0, expected - x0, plain["lr"])
+        compare(actual, expected, "the images", atol=1e-4, index=IMAGE_INDEX,
+                context=f"after {steps} step{'s' * (steps > 1)} with lr={plain['lr']}, no penalties and no jitter "
+                        f"({why})")
 
     # 2. Ascent, far above random images of the same size.
     plain["steps"] = 40

@@ -585,7 +585,7 @@ def _input_digest(nb: NotebookNode, release: bytes, settings: dict) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _stage2_config(out_dir: Path):
+def stage2_config(out_dir: Path):
     from traitlets.config import Config
 
     config = Config()
@@ -612,7 +612,7 @@ def _write_nbgrader_config(out_dir: Path) -> None:
     (out_dir / "nbgrader_config.py").write_text("\n".join(lines) + "\n")
 
 
-def _run_converter(converter_class, config, chapter: str, student_id: str) -> str:
+def run_converter(converter_class, config, chapter: str, student_id: str) -> str:
     """Run one nbgrader converter for one student; returns "" or the reason it failed."""
     from nbgrader.coursedir import CourseDirectory
 
@@ -813,7 +813,7 @@ def grade(chapter: str, paths: list[str | os.PathLike], out_dir: str | os.PathLi
         warnings_.append("student code ran with protections missing: " + "; ".join(missing))
 
     # Stage 2: nbgrader autograde (scores the recorded outputs), feedback, export.
-    config = _stage2_config(out)
+    config = stage2_config(out)
     from nbgrader.converters import Autograde, GenerateFeedback
 
     results = []
@@ -826,11 +826,11 @@ def grade(chapter: str, paths: list[str | os.PathLike], out_dir: str | os.PathLi
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         nbformat.write(executed, folder / f"{chapter}.ipynb")
-        failure = _run_converter(Autograde, config, chapter, sub.student_id)
+        failure = run_converter(Autograde, config, chapter, sub.student_id)
         if failure:
             result.problems.append(f"grading problem: nbgrader autograde failed ({failure})")
         else:
-            failure = _run_converter(GenerateFeedback, config, chapter, sub.student_id)
+            failure = run_converter(GenerateFeedback, config, chapter, sub.student_id)
             feedback = out / "feedback" / sub.student_id / chapter / f"{chapter}.html"
             if feedback.is_file() and not failure:
                 result.feedback = feedback

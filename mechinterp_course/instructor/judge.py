@@ -247,8 +247,9 @@ class Judge:
     # -- functions that may see their arguments only -----------------------------------------------------------
 
     def isolated_call(self, name: str, what: str, args: tuple, kwargs: dict) -> Any:
-        if self._isolated is None or self._isolated_for != name:
-            self._start_isolated(name, what)
+        source = defining_source(self._nb, self._index, name)
+        if self._isolated is None or self._isolated_for != source:  # one process per defining cell
+            self._start_isolated(source, what)
         request = {"name": name, "args": base64.b64encode(wire.dump_call(args, kwargs)).decode()}
         message = self._exchange(request)
         if "error" in message:
@@ -258,9 +259,8 @@ class Judge:
         except (wire.WireError, ValueError, KeyError) as error:
             raise StudentError(["TypeError"], f"the grader cannot read what {what} returned: {error}") from None
 
-    def _start_isolated(self, name: str, what: str) -> None:
+    def _start_isolated(self, source: str, what: str) -> None:
         self._stop_isolated()
-        source = defining_source(self._nb, self._index, name)
         command = [sys.executable, "-I", "-c", _ISOLATED_RUNNER]
         if self.slot is not None:
             root = self.slot.root / "isolated"
@@ -274,7 +274,7 @@ class Judge:
                        *command]
         self._isolated = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=subprocess.DEVNULL, start_new_session=True)
-        self._isolated_for = name
+        self._isolated_for = source
         self._send({"wire": Path(wire.__file__).read_text()})
         self._send({"source": source})
         ready = self._receive()

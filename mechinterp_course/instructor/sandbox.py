@@ -308,6 +308,8 @@ ANSWER_KEYS: dict = {}
 
 
 def __getattr__(name):
+    if name.startswith("__"):  # introspection (inspect, pickle, IPython) asks for dunder names: answer as usual
+        raise AttributeError(name)
     # ImportError, not AttributeError: `from ... import name` would replace an AttributeError's message with its own.
     raise ImportError(f"the reference answer {name!r} is not available while your notebook is graded")
 '''
@@ -316,6 +318,9 @@ CHECKS_STUB = '''"""Hidden while a notebook is graded: the grader runs the check
 
 
 def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+
     def unavailable(*args, **kwargs):
         raise RuntimeError("checks run in the grader, not in the notebook, while it is graded")
 

@@ -67,11 +67,24 @@ class _Pickler(pickle.Pickler):
         return None
 
 
+#: Zoo models a kernel has rebuilt, by name: reused, with their weights restored and hooks removed before each call
+#: (building a TransformerBridge costs more than the student's function often does).
+_ZOO_MODELS: dict[str, torch.nn.Module] = {}
+
+
 def _load_model(pid: tuple):
     from .. import models
 
     if pid[0] == "zoo":
-        return models.fresh(pid[1])
+        model = _ZOO_MODELS.get(pid[1])
+        if model is None:
+            model = _ZOO_MODELS[pid[1]] = models.fresh(pid[1])
+        else:
+            state, _ = models.zoo_state(pid[1])
+            model.reset_hooks()
+            model.load_state_dict(state)
+            model.eval()
+        return model
     from safetensors.torch import load
 
     model = models.make_model(pid[1])
