@@ -263,3 +263,71 @@ def test_generated_scripts_are_valid_javascript(tmp_path):
         path.write_text(script, encoding="utf-8")
         result = subprocess.run(["node", "--check", str(path)], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
+
+
+# Chapter 00's figures ---------------------------------------------------------------------------------------------
+
+
+def _event(title, track, start, end=None, date_note="", from_deck=True, deck_text=""):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(title=title, track=track, start=start, end=end, date_label=f"{start[0]}",
+                           date_note=date_note, summary=f"what {title} did", from_deck=from_deck,
+                           deck_text=deck_text, slides=(7,), chapters_text="01 Circuits")
+
+
+def test_timeline_figure_one_marker_trace_per_track_with_spans_and_hovers():
+    tracks = {"a": "Track A (slide 6)", "b": "Track B", "empty": "Nothing here"}
+    events = [_event("first", "a", (2015, 1)), _event("span", "a", (2020, 3), end=(2021, 4)),
+              _event("later", "b", (2023, 5), date_note="the course's date", from_deck=False, deck_text="Dec 2021")]
+    fig = plots.timeline_figure(events, tracks, title="T")
+    markers = [trace for trace in fig.data if trace.mode == "markers+text"]
+    assert [trace.name for trace in markers] == ["Track A (slide 6)", "Track B"]  # the empty track has none
+    assert len(markers[0].x) == 2 and markers[0].x[1] == "2020-03-15"
+    spans = [trace for trace in fig.data if trace.mode == "lines"]
+    assert len(spans) == 1 and list(spans[0].x) == ["2020-03-15", "2021-04-15"]
+    hover = markers[1].hovertext[0]
+    assert "the course's date" in hover and "the course's summary" in hover and "Dec 2021" in hover
+    assert "chapters: 01 Circuits" in hover and "(the deck)" in markers[0].hovertext[0]
+    assert list(fig.layout.yaxis.ticktext) == ["Track A", "Track B", "Nothing here"]
+
+
+def test_timeline_figure_draws_the_chapters_timeline():
+    from mechinterp_course import history
+
+    fig = plots.timeline_figure(history.TIMELINE, history.TRACKS)
+    shown = sum(len(trace.x) for trace in fig.data if trace.mode == "markers+text")
+    assert shown == len(history.TIMELINE)
+
+
+def test_ternary_figure_normalises_weights_and_refuses_bad_ones():
+    fig = plots.ternary_figure({"x": (1, 1, 0), "y": [0, 0, 2]}, ["micro", "macro", "dev"])
+    trace = fig.data[0]
+    np.testing.assert_allclose([trace.a, trace.b, trace.c], [[0.5, 0.0], [0.5, 0.0], [0.0, 1.0]])
+    assert fig.layout.ternary.aaxis.title.text == "micro"
+    with pytest.raises(ValueError, match="three corners"):
+        plots.ternary_figure({"x": (1, 1, 0)}, ["micro", "macro"])
+    with pytest.raises(ValueError, match="non-negative"):
+        plots.ternary_figure({"x": (1, -1, 0)}, ["a", "b", "c"])
+
+
+def test_image_grid_one_panel_per_image_with_titles_and_a_centred_scale():
+    images = torch.randn(5, 1, 8, 8)
+    fig = plots.image_grid(images, [f"image {i}" for i in range(5)], columns=3)
+    assert sorted(a.text for a in fig.layout.annotations) == [f"image {i}" for i in range(5)]
+    assert fig.layout.coloraxis.cmin == -fig.layout.coloraxis.cmax == -float(images.abs().max())
+    grey = plots.image_grid(images[:, 0].numpy(), symmetric=False)  # [n, H, W] and numpy are fine too
+    assert grey.layout.coloraxis.cmin is None
+    with pytest.raises(ValueError, match="single-channel"):
+        plots.image_grid(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="titles"):
+        plots.image_grid(images, ["only one"])
+
+
+def test_deck_scores_figure_leaves_out_areas_without_scores():
+    scores = {"a": {"lhf": 2, "excitement": None}, "b": {"lhf": None, "excitement": None}, "c": {"lhf": 7,
+                                                                                               "excitement": 3}}
+    fig = plots.deck_scores_figure(scores, {"a": "Area A"})
+    assert [trace.name for trace in fig.data] == ["lhf", "excitement"]
+    assert list(fig.data[0].x) == ["Area A", "c"] and list(fig.data[1].y) == [None, 3]
+    assert list(fig.layout.yaxis.range) == [0, 10]

@@ -34,67 +34,71 @@ def _slide(deck_text: str, number: int) -> str:
 # The deck's data ---------------------------------------------------------------------------------------------
 
 
-def test_areas_agree_with_history():
-    assert list(research.AREAS) == list(history.AREAS)
-    assert research.SCORE_KEYS == history.SCORE_KEYS
-    for area, info in research.AREAS.items():
-        assert info["title"] == history.AREAS[area]["title"]
-        assert info["slides"] == history.AREAS[area]["slides"]
-        assert set(info["scores"]) == set(research.SCORE_KEYS)
-    assert history.deck_scores() == {area: info["scores"] for area, info in research.AREAS.items()}
+def test_one_table_of_areas():
+    """research.AREAS is the course's only table of the deck's areas: chapter 00 reads it (no copy of its own), and
+    every chapter it names exists."""
+    assert not hasattr(history, "AREAS") and not hasattr(history, "deck_scores")
+    for key, info in research.AREAS.items():
+        assert info.key == key and info.title.strip()
+        assert info.chapter is None or info.chapter in history.CHAPTERS, key
+        first, last = info.slides
+        assert 19 <= first <= last <= 78, key
+        assert set(info.scores.as_dict()) == set(research.SCORE_KEYS)
+        assert research.deck_scores(key) == info.scores.as_dict()
+    assert history.scored_areas() == [key for key, info in research.AREAS.items() if info.scores.given]
 
 
 def test_the_three_scored_areas_hold_the_deck_values():
     """Hard-checked against the deck by hand: slides 25, 31 and 40."""
-    assert research.AREAS["circuits"]["scores"] == {"low_hanging_fruit": 2, "excitement": 2, "difficulty": 4}
-    assert research.AREAS["grokking"]["scores"] == {"low_hanging_fruit": 6, "excitement": 4, "difficulty": 5}
-    assert research.AREAS["saes"]["scores"] == {"low_hanging_fruit": 10, "excitement": 6, "difficulty": 9}
-    unscored = [area for area, info in research.AREAS.items() if all(v is None for v in info["scores"].values())]
+    assert research.AREAS["circuits"].scores.as_dict() == {"low_hanging_fruit": 2, "excitement": 2, "difficulty": 4}
+    assert research.AREAS["grokking"].scores.as_dict() == {"low_hanging_fruit": 6, "excitement": 4, "difficulty": 5}
+    assert research.AREAS["saes"].scores.as_dict() == {"low_hanging_fruit": 10, "excitement": 6, "difficulty": 9}
+    unscored = [area for area, info in research.AREAS.items() if not info.scores.given]
     assert unscored == ["backup", "feature-composition", "modularity", "training-process", "attention-superposition"]
 
 
 def test_scores_are_read_from_the_quoted_slide(deck_text):
     for area, info in research.AREAS.items():
-        if info["score_quote"] is None:
-            assert info["score_slide"] is None
+        if info.score_quote is None:
+            assert info.score_slide is None
             continue
-        assert info["score_quote"] in _slide(deck_text, info["score_slide"]), area
-        numbers = [int(n) for n in re.findall(r"(\d+)/10", info["score_quote"])]
-        assert numbers == [info["scores"][key] for key in research.SCORE_KEYS], area
-        first, last = info["slides"]
-        assert first <= info["score_slide"] <= last
+        assert info.score_quote in _slide(deck_text, info.score_slide), area
+        numbers = [int(n) for n in re.findall(r"(\d+)/10", info.score_quote)]
+        assert numbers == [info.scores.as_dict()[key] for key in research.SCORE_KEYS], area
+        first, last = info.slides
+        assert first <= info.score_slide <= last
 
 
 def test_unscored_areas_have_no_score_on_their_slides(deck_text):
     for area, info in research.AREAS.items():
-        if info["score_quote"] is None:
-            first, last = info["slides"]
+        if info.score_quote is None:
+            first, last = info.slides
             text = "".join(_slide(deck_text, n) for n in range(first, last + 1))
             assert not re.search(r"\d+/10", text), f"{area}: the deck scores it after all"
 
 
 def test_quotations_are_verbatim(deck_text):
     for area, info in research.AREAS.items():
-        first, last = info["slides"]
+        first, last = info.slides
         slides = "".join(_slide(deck_text, n) for n in range(first, last + 1))
         for field in ("summary", "remark"):
-            if info[field] is not None:
-                assert info[field] in slides, f"{area} {field}: {info[field]!r}"
-        for line in (info["advice"] or "").splitlines():
+            if getattr(info, field) is not None:
+                assert getattr(info, field) in slides, f"{area} {field}: {getattr(info, field)!r}"
+        for line in (info.advice or "").splitlines():
             assert line in slides, f"{area} advice: {line!r}"
-        for work in info["main_work"]:
+        for work in info.main_work:
             assert work in slides, f"{area} main work: {work!r}"
 
 
 def test_advice_where_the_deck_gives_it():
-    assert research.AREAS["circuits"]["advice"].startswith("We’re done doing random circuit analyses")
-    assert "counterexamples" in research.AREAS["circuits"]["advice"]
-    assert research.AREAS["circuits"]["remark"] == "Far too many people"
-    assert "counterexamples in topology" in research.AREAS["grokking"]["advice"]
-    assert "Constructing counterintuitive toy models is the most useful work" in research.AREAS["grokking"]["advice"]
-    assert len(research.AREAS["saes"]["advice"].splitlines()) == 4
+    assert research.AREAS["circuits"].advice.startswith("We’re done doing random circuit analyses")
+    assert "counterexamples" in research.AREAS["circuits"].advice
+    assert research.AREAS["circuits"].remark == "Far too many people"
+    assert "counterexamples in topology" in research.AREAS["grokking"].advice
+    assert "Constructing counterintuitive toy models is the most useful work" in research.AREAS["grokking"].advice
+    assert len(research.AREAS["saes"].advice.splitlines()) == 4
     for area in ("backup", "feature-composition", "modularity", "training-process", "attention-superposition"):
-        assert research.AREAS[area]["advice"] is None
+        assert research.AREAS[area].advice is None
 
 
 def test_advice_text_for_printing():

@@ -21,15 +21,59 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import research
-from .deck import (CHAPTER_STATUS, CHAPTERS, CIRCUIT_ANALYSIS_TOPICS, DECK_STATED_CLASSES, DISTILL, EVENTS, LADDER,
-                   LEONARD_TAXONOMY, LINEAGE_QUESTIONS, LINEAGE_QUIZ, MICRO_MACRO, MONTHS, NORTH_STARS, PEOPLE,
-                   PEOPLE_QUIZ, PEOPLE_QUIZ_OPTIONS, PROJECTS_QUIZ, SCHOOLS, SLIDE_6, SPOTLIGHT, STATUS,
-                   STATUS_LEGEND, STATUS_UNMARKED, SUCCESS_QUIZ, SUCCESS_WORKS, TERNARY_PAPERS, TERNARY_REGIONS,
-                   TIMELINE, TRACKS, TRANSFORMER_CIRCUITS, WHEN_QUIZ, Event, Person, chapter_label, chapters_label,
-                   ladder_label)
-from .digits import (DIGITS_IMAGE_SIZE, DIGITS_N_CLASSES, DIGITS_N_TRAIN, DIGITS_SPLIT_SEED, DIGITS_TRAINING,
-                     DigitsCNN, DigitsData, DigitsTraining, Pixel, UnitActivation, digits_metrics, load_digits_data,
-                     train_digits_cnn)
+from .deck import (
+    CHAPTER_STATUS,
+    CHAPTERS,
+    CIRCUIT_ANALYSIS_TOPICS,
+    DECK_STATED_CLASSES,
+    DISTILL,
+    EVENTS,
+    LADDER,
+    LEONARD_TAXONOMY,
+    LINEAGE_QUESTIONS,
+    LINEAGE_QUIZ,
+    MICRO_MACRO,
+    MONTHS,
+    NORTH_STARS,
+    PEOPLE,
+    PEOPLE_QUIZ,
+    PEOPLE_QUIZ_OPTIONS,
+    PROJECTS_QUIZ,
+    SCHOOLS,
+    SLIDE_6,
+    SPOTLIGHT,
+    STATUS,
+    STATUS_LEGEND,
+    STATUS_UNMARKED,
+    SUCCESS_QUIZ,
+    SUCCESS_WORKS,
+    TERNARY_PAPERS,
+    TERNARY_REGIONS,
+    TIMELINE,
+    TRACKS,
+    TRANSFORMER_CIRCUITS,
+    WHEN_QUIZ,
+    Event,
+    Person,
+    chapter_label,
+    chapters_label,
+    ladder_label,
+)
+from .digits import (
+    DIGITS_IMAGE_SIZE,
+    DIGITS_N_CLASSES,
+    DIGITS_N_TRAIN,
+    DIGITS_SPLIT_SEED,
+    DIGITS_TRAINING,
+    DigitsCNN,
+    DigitsData,
+    DigitsTraining,
+    Pixel,
+    UnitActivation,
+    digits_metrics,
+    load_digits_data,
+    train_digits_cnn,
+)
 
 #: The options of the "when in the training process" quiz: slide 8's second axis, in the deck's words.
 WHEN_OPTIONS: tuple[str, ...] = LEONARD_TAXONOMY["when in the training process"]

@@ -26,10 +26,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import research
-from ..checking import call, check, compare, fail, is_hidden, trials, unchanged, wrong_answers
+from ..checking import as_tensor, call, check, compare, fail, is_hidden, trials, unchanged, wrong_answers
 from . import TIE_TOLERANCE, WHEN_OPTIONS, reference, scored_areas
-from .deck import (EVENTS, LINEAGE_QUESTIONS, LINEAGE_QUIZ, PEOPLE, PEOPLE_QUIZ, PEOPLE_QUIZ_OPTIONS, PROJECTS_QUIZ,
-                   STATUS, SUCCESS_QUIZ, SUCCESS_WORKS, TERNARY_PAPERS, WHEN_QUIZ)
+from .deck import (
+    EVENTS,
+    LINEAGE_QUESTIONS,
+    LINEAGE_QUIZ,
+    PEOPLE,
+    PEOPLE_QUIZ,
+    PEOPLE_QUIZ_OPTIONS,
+    PROJECTS_QUIZ,
+    STATUS,
+    SUCCESS_QUIZ,
+    SUCCESS_WORKS,
+    TERNARY_PAPERS,
+    WHEN_QUIZ,
+)
 from .digits import DigitsCNN, Pixel, UnitActivation
 
 #: Index names for a batch of images ``[batch, C, H, W]``: "image 2, channel 0, row 3, col 5".
@@ -39,7 +51,7 @@ IMAGE_INDEX = ["image ", "channel ", "row ", "col "]
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     """Run the block on one CPU thread: the chapter's CNNs are so small that thread start-up costs more than the
-    work (five times more on a busy 2-core machine), and the grader runs these checks for every notebook."""
+    work (several times more on a busy 2-core machine), and the grader runs these checks for every notebook."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -71,7 +83,8 @@ def _answers(answers: Any, questions: Mapping[str, str], shape: str) -> dict[str
         fail(f"use exactly the keys {', '.join(questions)} ({'; '.join(parts)}).")
     unfilled = [key for key in questions if given[key] is None]
     if unfilled:
-        fail(f"{len(unfilled)} answer(s) are still None ({', '.join(unfilled)}): fill them in.")
+        fail(f"{len(unfilled)} answer{'s' * (len(unfilled) > 1)} {_are(len(unfilled))} still None "
+             f"({', '.join(unfilled)}): fill them in.")
     return {key: given[key] for key in questions}
 
 
@@ -90,6 +103,10 @@ def _options(given: Mapping[str, Any], options: Sequence[str], what: str,
             fail(f"{what} {key}: {value!r} is not one of the options ({', '.join(map(repr, options))}).")
         chosen[key] = allowed[normalise(value)]
     return chosen
+
+
+def _are(n: int) -> str:
+    return "is" if n == 1 else "are"
 
 
 def _count_wrong(variable: str, chosen: Mapping[str, str]) -> int:
@@ -111,8 +128,8 @@ def people(answers: Any) -> str:
              f"share 'Core infrastructure', in different groups).")
     wrong = _count_wrong("people", chosen)
     if wrong:
-        fail(f"{wrong} of {len(PEOPLE_QUIZ)} jobs are matched to the wrong person. Match each job to a role of slide "
-             f"5 first, then to the group (Distill or transformer-circuits) the job was done in.")
+        fail(f"{wrong} of {len(PEOPLE_QUIZ)} jobs {_are(wrong)} matched to the wrong person. Match each job to a "
+             f"role of slide 5 first, then to the group (Distill or transformer-circuits) the job was done in.")
     return f"all {len(PEOPLE_QUIZ)} jobs matched to the person slide 5 gives that role"
 
 
@@ -129,13 +146,14 @@ def builds_on(answers: Any) -> str:
     later = [work for work, earlier in chosen.items()
              if EVENTS[LINEAGE_QUIZ[earlier]].start >= EVENTS[LINEAGE_QUIZ[work]].start]
     if later:
-        fail(f"{len(later)} of your answers ({', '.join(later)}) name a work that is not earlier than the work built "
-             f"on it; a work can only build on an earlier one (the timeline has the dates).")
+        fail(f"{len(later)} of your answers ({', '.join(later)}) name{'s' * (len(later) == 1)} a work that is not "
+             f"earlier than the work built on it; a work can only build on an earlier one (the timeline has the "
+             f"dates).")
     wrong = _count_wrong("builds_on", chosen)
     if wrong:
-        fail(f"{wrong} of {len(questions)} works are linked to the wrong predecessor. For each, ask which earlier "
-             f"work made the tool it uses or posed the problem it answers (the timeline's summaries say what each "
-             f"did).")
+        fail(f"{wrong} of {len(questions)} works {_are(wrong)} linked to the wrong predecessor. For each, ask which "
+             f"earlier work made the tool it uses or posed the problem it answers (the timeline's summaries say what "
+             f"each did).")
     return f"all {len(questions)} works linked to the earlier work they build on"
 
 
@@ -146,9 +164,9 @@ def when_in_training(answers: Any) -> str:
     chosen = _options(given, WHEN_OPTIONS, "work", normalise=lambda v: _option_name(v).replace(" ", "-"))
     wrong = _count_wrong("when_in_training", chosen)
     if wrong:
-        fail(f"{wrong} of {len(WHEN_QUIZ)} works have the wrong class. Ask of each work: does it choose how a model "
-             f"is built or trained so that it is easier to read, study how something forms during training, or "
-             f"analyse a model that is already trained?")
+        fail(f"{wrong} of {len(WHEN_QUIZ)} works {'has' if wrong == 1 else 'have'} the wrong class. Ask of each "
+             f"work: does it choose how a model is built or trained so that it is easier to read, study how "
+             f"something forms during training, or analyse a model that is already trained?")
     return f"all {len(WHEN_QUIZ)} works placed on slide 8's second axis"
 
 
@@ -177,6 +195,8 @@ def placement(corners: Any, placement: Any) -> str:
         if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
             fail(f"the placement of {work[:40]!r} should be three non-negative numbers with a positive sum.")
         points.append(tuple(round(v / sum(values), 2) for v in values))
+    if len(set(points)) == 1:
+        fail(f"all {len(points)} works sit at the same position: place each where you think it belongs.")
     if len(set(points)) < 4:
         fail(f"only {len(set(points))} distinct positions for {len(points)} works: spread them out where they "
              f"differ.")
@@ -191,9 +211,9 @@ def projects(answers: Any) -> str:
     chosen = _options(given, list(STATUS), "project")
     wrong = _count_wrong("projects", chosen)
     if wrong:
-        fail(f"{wrong} of {len(PROJECTS_QUIZ)} projects are under the wrong item. The deck's one-line summaries of the "
-             f"areas (the table above) tell the two kinds of composition apart; ask of each project what it would "
-             f"explain.")
+        fail(f"{wrong} of {len(PROJECTS_QUIZ)} projects {_are(wrong)} under the wrong item. The deck's one-line "
+             f"summaries of the areas (the table above) tell the two kinds of composition apart; ask of each project "
+             f"what it would explain.")
     return f"all {len(PROJECTS_QUIZ)} projects under their item of slide 17"
 
 
@@ -207,8 +227,8 @@ def successes(answers: Any) -> str:
         fail(f"you give claim {', '.join(twice)} to more than one work; slide 80 gives one example per claim.")
     wrong = _count_wrong("successes", chosen)
     if wrong:
-        fail(f"{wrong} of {len(SUCCESS_WORKS)} works are matched to the wrong claim. Ask what each work produced: a "
-             f"program, weights, a formula or a proof.")
+        fail(f"{wrong} of {len(SUCCESS_WORKS)} works {_are(wrong)} matched to the wrong claim. Ask what each work "
+             f"produced: a program, weights, a formula or a proof.")
     return f"all {len(SUCCESS_WORKS)} works matched to the claim slide 80 gives them"
 
 
@@ -217,7 +237,7 @@ def successes(answers: Any) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _random_cnn(channels: tuple[int, int], hidden: int, image_size: int, seed: int,
+def random_cnn(channels: tuple[int, int], hidden: int, image_size: int, seed: int,
                 n_classes: int = 10) -> DigitsCNN:
     """A random CNN with He-initialised weights and small random biases (so that units are alive and gradients are
     informative), frozen like the notebook's trained CNN, in eval mode."""
@@ -258,8 +278,10 @@ def total_variation(fn: Callable) -> str:
             "(no neighbours differ, so 0 for each; one value per image)", index=["image "])
     for kind in ("rows", "cols", "spike", "channels"):
         x, what = _tv_case(kind)
-        compare(call(fn, x.clone()), reference.total_variation(x), "the total variation", context=f"of {what}",
-                index=["image "])
+        value, expected = as_tensor(call(fn, x.clone()), "the total variation"), reference.total_variation(x)
+        if tuple(value.shape) == (1,):  # one image: say its value
+            value, expected = value[0], expected[0]
+        compare(value, expected, "the total variation", context=f"of {what}", index=["image "])
     shapes = [(2, 1, 8, 8), (3, 2, 5, 7), (1, 3, 4, 4)]
     for trial, shape in zip(trials(len(shapes)), shapes):
         if is_hidden():
@@ -276,7 +298,7 @@ def total_variation(fn: Callable) -> str:
     return "constant, striped and single-pixel images; 3 random shapes; unchanged by adding a constant"
 
 
-def _same_norm_random(images: Tensor, n: int, generator: torch.Generator) -> Tensor:
+def same_norm_random(images: Tensor, n: int, generator: torch.Generator) -> Tensor:
     """``[n, batch, C, H, W]`` random images with the same L2 norm as each of ``images``."""
     noise = torch.randn(n, *images.shape, generator=generator)
     norms = images.flatten(1).norm(dim=1)
@@ -326,7 +348,7 @@ def visualise(fn: Callable) -> str:
 def _check_visualise(fn: Callable) -> str:
     [first] = trials(1)
     generator = first.generator
-    model = _random_cnn((6, 8), 16, 8, seed=first.seed % 100_000)
+    model = random_cnn((6, 8), 16, 8, seed=first.seed % 100_000)
     unit = UnitActivation(model, "logits", torch.tensor([1, 4, 7]))
     x0 = 0.1 * torch.randn(3, 1, 8, 8, generator=generator)
     plain = dict(lr=0.1, l2=0.0, tv=0.0, jitter=0, seed=0)
@@ -349,7 +371,7 @@ def _check_visualise(fn: Callable) -> str:
     result = _visualise_once(fn, unit, x0, plain)
     with torch.no_grad():
         start, reached = unit(x0), unit(result)
-        randoms = torch.stack([unit(r) for r in _same_norm_random(result, 128, generator)])
+        randoms = torch.stack([unit(r) for r in same_norm_random(result, 128, generator)])
     if not (reached > start).all():
         fail("the optimised images lower the target activation: the Adam step must *increase* the objective "
              "(minimise its negative).")
@@ -394,7 +416,7 @@ def _check_visualise(fn: Callable) -> str:
         (((3, 5), 10, 10), "fc", 2, dict(steps=30, lr=0.1, l2=0.02, tv=0.0, jitter=1, seed=13)),
     ]
     for trial, ((channels, hidden, image_size), layer, batch, settings) in zip(trials(len(cases)), cases):
-        model = _random_cnn(channels, hidden, image_size, seed=trial.seed % 100_000)
+        model = random_cnn(channels, hidden, image_size, seed=trial.seed % 100_000)
         n_units = {"logits": 10, "fc": hidden, "conv2": channels[1]}[layer]
         units = UnitActivation(model, layer, torch.randint(0, n_units, (batch,), generator=trial.generator))
         x0 = 0.1 * torch.randn(batch, 1, image_size, image_size, generator=trial.generator)
@@ -454,7 +476,7 @@ def top_activating_examples(fn: Callable) -> str:
     cases = [(((4, 6), 12, 6), "logits", 60, 5), (((6, 8), 16, 8), "conv2", 200, 10), (((3, 5), 10, 10), "fc", 37, 1)]
     with _one_thread():
         for trial, ((channels, hidden, size), layer, n, k) in zip(trials(len(cases) + 1), cases):
-            model = _random_cnn(channels, hidden, size, seed=trial.seed % 100_000)
+            model = random_cnn(channels, hidden, size, seed=trial.seed % 100_000)
             n_units = {"logits": 10, "fc": hidden, "conv2": channels[1]}[layer]
             unit = trial.randint(0, n_units - 1)
             images = torch.randn(n, 1, size, size, generator=trial.generator)
@@ -462,7 +484,7 @@ def top_activating_examples(fn: Callable) -> str:
                             f"a random CNN, unit {unit} of {layer!r}, {n} images, k={k}")
         # A ReLU unit that fires on 3 images only: with k=8, five images tie at 0 and the lower indices must win.
         [*_, trial] = trials(len(cases) + 1)
-        model = _random_cnn((4, 6), 12, 8, seed=trial.seed % 100_000)
+        model = random_cnn((4, 6), 12, 8, seed=trial.seed % 100_000)
         images = torch.randn(80, 1, 8, 8, generator=trial.generator)
         with torch.no_grad():
             pre = F.linear(F.max_pool2d(model.run_with_cache(images)[1]["conv2"], 2).flatten(1), model.fc.weight,
@@ -519,7 +541,7 @@ def _scores_once(fn: Callable, model: DigitsCNN, test_x: Tensor, test_y: Tensor,
 
 
 def _attribution_case(trial, channels, hidden, image_size, n_classes, n_test, n_train):
-    model = _random_cnn(channels, hidden, image_size, seed=trial.seed % 100_000, n_classes=n_classes)
+    model = random_cnn(channels, hidden, image_size, seed=trial.seed % 100_000, n_classes=n_classes)
     generator = trial.generator
     test_x = torch.randn(n_test, 1, image_size, image_size, generator=generator)
     test_y = torch.randint(0, n_classes, (n_test,), generator=generator)
@@ -646,8 +668,10 @@ def _pick_once(fn: Callable, mine: dict, deck: dict, weight: float, label: str) 
     except (TypeError, ValueError):
         fail(f"values should be numbers ({label}).")
     _, expected = reference.pick_area(mine, deck, weight)
-    compare(actual, torch.tensor([expected[area] for area in mine], dtype=torch.float64), "the values",
-            index=[list(mine)], context=f"({label})")
+    expected = torch.tensor([expected[area] for area in mine], dtype=torch.float64)
+    if len(mine) == 1:
+        compare(actual[0], expected[0], f"the value of {next(iter(mine))!r}", context=f"({label})")
+    compare(actual, expected, "the areas' values", index=[list(mine)], context=f"({label})")
     if best not in mine:
         fail(f"the pick {best!r} is not one of the areas you scored ({label}).")
     return best, values
@@ -686,7 +710,9 @@ def pick_area(fn: Callable) -> str:
             n_areas, weight = trial.randint(1, len(pool)), trial.randint(0, 4) / 4
         generator = trial.generator
         names = [pool[i] for i in torch.randperm(len(pool), generator=generator)[:n_areas].tolist()]
-        draw = lambda: trial.randint(0, 10)  # noqa: E731 - a score, from the trial's generator
+        def draw(trial=trial) -> int:  # a score, from the trial's generator
+            return trial.randint(research.MIN_SCORE, research.MAX_SCORE)
+
         mine = {name: _row(draw(), draw(), draw()) for name in names}
         deck = {}
         for name in names + ["unscored-by-you"]:

@@ -262,7 +262,8 @@ TIMELINE: list[Event] = sorted([
           "Watanabe's Bayesian theory of singular models such as neural networks; developmental interpretability "
           "uses it to locate phase transitions in training.", _COURSE, "maps", slides=(9,), precision="year",
           date_by=_COURSE),
-    Event("ioi", (2022, 11), "Interpretability in the Wild: a Circuit for Indirect Object Identification in GPT-2 small",
+    Event("ioi", (2022, 11),
+          "Interpretability in the Wild: a Circuit for Indirect Object Identification in GPT-2 small",
           "26 attention heads in 7 classes explain how GPT-2 small completes 'When Mary and John went to the "
           "store, John gave a drink to' with 'Mary'.", _COURSE, "maps", chapters=("01", "03", "06"),
           slides=(9, 22, 34, 81), deck_text="[Nov 2022, Wang] Interpretability in the Wild: IOI"),
@@ -270,10 +271,12 @@ TIMELINE: list[Event] = sorted([
           "Scales influence functions to language models of up to 52 billion parameters, tracing outputs to the "
           "training examples that most influenced them.", _COURSE, "maps", chapters=("00",), slides=(9, 15),
           date_by=_COURSE),
-    Event("delays-detours", (2023, 8), "Delays, Detours, and Forks in the Road: Latent State Models of Training Dynamics",
+    Event("delays-detours", (2023, 8),
+          "Delays, Detours, and Forks in the Road: Latent State Models of Training Dynamics",
           "Fits hidden Markov models to metrics recorded over many training runs, finding the phases of training "
           "and the detours that slow convergence.", _COURSE, "maps", slides=(9,), date_by=_COURSE),
-    Event("sudden-drops", (2023, 9), "Sudden Drops in the Loss: Syntax Acquisition, Phase Transitions, and Simplicity Bias in MLMs",
+    Event("sudden-drops", (2023, 9),
+          "Sudden Drops in the Loss: Syntax Acquisition, Phase Transitions, and Simplicity Bias in MLMs",
           "In masked language models, a sudden drop in the loss coincides with the abrupt emergence of attention "
           "heads that track syntax.", _COURSE, "maps", slides=(9,), date_by=_COURSE),
     Event("representation-engineering", (2023, 10), "Representation Engineering",
@@ -313,7 +316,8 @@ TIMELINE: list[Event] = sorted([
           "Transformers trained far past the point where in-domain accuracy saturates come to generalise "
           "hierarchically ('structural grokking').", _COURSE, "papers", chapters=("02",), slides=(30,),
           deck_text="[May 2023] Grokking of Hierarchical Structure in Vanilla Transformers"),
-    Event("600-features", (2023, 7), "(tentatively) Found 600+ Monosemantic Features in a Small LM Using Sparse Autoencoders",
+    Event("600-features", (2023, 7),
+          "(tentatively) Found 600+ Monosemantic Features in a Small LM Using Sparse Autoencoders",
           "Sparse autoencoders on a small language model's activations find hundreds of features that look "
           "monosemantic.", _COURSE, "papers", chapters=("04",), slides=(39,),
           deck_text="[July 2023] (tentatively) Found 600+ Monosemantic Features in a Small LM Using Sparse "
@@ -321,7 +325,8 @@ TIMELINE: list[Event] = sorted([
     Event("hydra-effect", (2023, 7), "The Hydra Effect: Emergent Self-repair in Language Model Computations",
           "Ablating one attention layer of a language model makes later layers compensate; late MLPs erase the "
           "top prediction.", _COURSE, "papers", chapters=("03",), slides=(24, 36), date_by=_COURSE),
-    Event("sae-interpretable-features", (2023, 9), "Sparse Autoencoders Find Highly Interpretable Features in Language Models",
+    Event("sae-interpretable-features", (2023, 9),
+          "Sparse Autoencoders Find Highly Interpretable Features in Language Models",
           "Dictionary features learned by sparse autoencoders on a language model's residual stream are more "
           "interpretable than neurons and pinpoint the features behind a behaviour.", _COURSE, "papers",
           chapters=("04",), date_by=_COURSE),
@@ -336,11 +341,13 @@ TIMELINE: list[Event] = sorted([
           "Proves that margin maximisation alone forces the Fourier features that networks learn for modular "
           "addition.", _COURSE, "papers", chapters=("02", "06"), slides=(30, 80),
           deck_text="[Nov 2023, Morwani] Proof of a learned circuit being optimal (learning-wise)"),
-    Event("reddy", (2023, 12), "The Mechanistic Basis of Data Dependence and Abrupt Learning in an In-context Classification Task",
+    Event("reddy", (2023, 12),
+          "The Mechanistic Basis of Data Dependence and Abrupt Learning in an In-context Classification Task",
           "A two-parameter model explains the abrupt emergence of an induction head in a two-layer attention-only "
           "network.", _COURSE, "papers", chapters=("06",), slides=(80, 81),
           deck_text="[Dec 2023, Reddy] Provide an analytic form"),
-    Event("orion", (2023, 12), "Look Before You Leap: A Universal Emergent Decomposition of Retrieval Tasks in Language Models (ORION)",
+    Event("orion", (2023, 12),
+          "Look Before You Leap: A Universal Emergent Decomposition of Retrieval Tasks in Language Models (ORION)",
           "Across many retrieval tasks and language models, the request is processed first and the answer "
           "retrieved later, in separate, consistent stages.", _COURSE, "papers", chapters=("01", "06"),
           slides=(19, 22, 81), deck_text="[Dec 2023, Variengien] ORION task constellations"),
@@ -370,7 +377,8 @@ LEONARD_TAXONOMY: dict[str, tuple[str, ...]] = {
 DECK_STATED_CLASSES: list[dict] = [
     {"work": "In-context Learning and Induction Heads", "axis": "when in the training process",
      "class": "developmental", "slide": 7, "deck_text": "March 2022 - Induction heads, developmental study of ICL"},
-    {"work": "Grokking", "axis": "schools of thought", "class": "hybrid between dev-interp and comprehensive understanding",
+    {"work": "Grokking", "axis": "schools of thought",
+     "class": "hybrid between dev-interp and comprehensive understanding",
      "slide": 16, "deck_text": "Grokking: hybrid between dev-interp and comprehensive understanding"},
 ]
 

@@ -124,6 +124,9 @@ class DigitsTraining:
 
 
 DIGITS_TRAINING = DigitsTraining()
+#: Torch threads while the CNN trains: its steps are so small that one thread is faster than several (thread
+#: start-up costs more than the work; several times more on a busy 2-core machine).
+TRAINING_THREADS = 1
 
 
 def digits_metrics(model: DigitsCNN, data: DigitsData) -> dict[str, float]:
@@ -159,7 +162,8 @@ def train_digits_cnn(data: DigitsData | None = None, spec: DigitsTraining = DIGI
 
     model = DigitsCNN(seed=spec.seed)
     config = training.TrainConfig(steps=spec.epochs * per_epoch, lr=spec.lr, weight_decay=spec.weight_decay,
-                                  eval_every=per_epoch, progress=progress, description="digits-cnn")
+                                  eval_every=per_epoch, progress=progress, description="digits-cnn",
+                                  threads=TRAINING_THREADS)
     result = training.train(model, batch_fn, loss_fn, config, eval_fn=lambda m: digits_metrics(m, data))
     info = {"training": spec, "steps": config.steps, "metrics": digits_metrics(model, data), "log": result.log,
             "seconds": result.seconds}

@@ -12,7 +12,6 @@ import einops
 import torch
 
 from mechinterp_course import history
-from mechinterp_course import research
 
 #: The name each test cell checks -> the number of its exercise in the notebook.
 EXERCISES: dict[str, str] = {
@@ -57,18 +56,18 @@ ANSWER_KEYS: dict[str, object] = {
         'F': '1331cb8119e6b945',
     },
     'corners': '1634c81e25901598',
-    'placement': {
-        'Sudden Drops in the Loss: Syntax Acquisition, Phase Transitions, and Simplicity Bias in MLMs': '3ef51c09205fbc54',
-        'Distill Circuits Thread': 'bd517b14aed451ce',
-        'In-Context Learning and Induction Heads': '20309dd9ce96cb08',
-        'Studying Large Language Model Generalization with Influence Functions': '378ff5eaaf13b8f4',
-        'Toy Models of Superposition': '512105df384943d2',
-        'Mathematical Framework for Transformer Circuits': 'eae976697cbf5ce5',
-        'Interpretability in the Wild: a Circuit for Indirect Object Identification in GPT-2 small': '92d95021c9f4d99a',
-        'Towards Monosemanticity: Decomposing Language Models with Sparse Dictionary Learning': 'b68111b27a2913d6',
-        'Representation Engineering': '5d11068a121406ef',
-        'Singular Learning Theory': 'd104ff2cc837df1a',
-        'Delays, Detours, and Forks in the Road: Latent State Models of Training Dynamics': '40ee61134e1711b4',
+    'weights': {
+        'Sudden Drops in the Loss': '503685290e9ab707',
+        'Distill Circuits Thread': '9ad8322f41445877',
+        'In-Context Learning and Induction Heads': '4de0aab95e6e6919',
+        'Studying Large Language Model Generalization': '354cbd507747f596',
+        'Toy Models of Superposition': '16e9241ff2bb7871',
+        'Mathematical Framework for Transformer Circuits': '69f47755be713908',
+        'Interpretability in the Wild': '16e369ae7491026f',
+        'Towards Monosemanticity': '1ab4910791c1db2c',
+        'Representation Engineering': 'f9390b417a20e11c',
+        'Singular Learning Theory': 'de5db873868fdc8a',
+        'Delays, Detours, and Forks in the Road': '2e96888428315d80',
     },
     'projects': {
         'A': 'e9507bfd7c04da86',
@@ -104,7 +103,7 @@ __all__ = [
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """x [batch, C, H, W] -> [batch]: summed squared differences between vertical and horizontal neighbours.
+    """x [batch, C, H, W] -> [batch]: summed squared differences between neighbouring pixels.
 
     Defined in solutions/00_history/00_history.ipynb, exercise 3.1.
     """
@@ -133,7 +132,8 @@ def visualise(activation_fn, x0: torch.Tensor, steps: int = 100, lr: float = 0.0
 
 
 def top_activating_examples(activation_fn, images: torch.Tensor, k: int):
-    """-> (values [k], indices [k]): the k largest activations, largest first; ties go to the lower index.
+    """-> (values [k], indices [k]): the k largest activations, largest first; ties go to the
+    lower index.
 
     Defined in solutions/00_history/00_history.ipynb, exercise 3.3.
     """
@@ -145,16 +145,19 @@ def top_activating_examples(activation_fn, images: torch.Tensor, k: int):
 
 def tracin_scores(model, test_x: torch.Tensor, test_y: torch.Tensor, train_x: torch.Tensor,
                   train_y: torch.Tensor) -> torch.Tensor:
-    """-> [n_test, n_train]: dot products of per-example loss gradients w.r.t. model.out's weight and bias.
+    """-> [n_test, n_train]: dot products of per-example loss gradients with respect to
+    model.out's weight and bias.
 
     Defined in solutions/00_history/00_history.ipynb, exercise 4.1.
     """
     def gradients(x, y):  # [batch, n_classes * hidden + n_classes]
         with torch.no_grad():
             logits, cache = model.run_with_cache(x)
-            error = logits.softmax(-1) - torch.nn.functional.one_hot(y, logits.shape[-1]).to(logits.dtype)
-            weight = einops.einsum(error, cache["fc"], "batch cls, batch hidden -> batch cls hidden")
-            return torch.cat([einops.rearrange(weight, "batch cls hidden -> batch (cls hidden)"), error], dim=-1)
+            onehot = torch.nn.functional.one_hot(y, logits.shape[-1]).to(logits.dtype)
+            error = logits.softmax(-1) - onehot
+            weight = einops.einsum(error, cache["fc"], "batch c, batch hidden -> batch c hidden")
+            flat = einops.rearrange(weight, "batch c hidden -> batch (c hidden)")
+            return torch.cat([flat, error], dim=-1)
 
     return gradients(test_x, test_y) @ gradients(train_x, train_y).T
 
@@ -164,16 +167,19 @@ def pick_area(my_scores: dict, deck_scores: dict, weight_mine: float = 0.5):
 
     Defined in solutions/00_history/00_history.ipynb, exercise 6.2.
     """
+    keys = ("low_hanging_fruit", "excitement", "difficulty")
+    tolerance = history.TIE_TOLERANCE
     combined = {}
     for area, mine in my_scores.items():
         deck = deck_scores.get(area) or {}
         combined[area] = {key: mine[key] if deck.get(key) is None else
-                          weight_mine * mine[key] + (1 - weight_mine) * deck[key] for key in research.SCORE_KEYS}
-    values = {area: c["low_hanging_fruit"] + c["excitement"] - c["difficulty"] for area, c in combined.items()}
+                          weight_mine * mine[key] + (1 - weight_mine) * deck[key] for key in keys}
+    values = {area: c["low_hanging_fruit"] + c["excitement"] - c["difficulty"]
+              for area, c in combined.items()}
     best = None
     for area in my_scores:
-        if best is None or values[area] > values[best] + history.TIE_TOLERANCE or (
-                abs(values[area] - values[best]) <= history.TIE_TOLERANCE
-                and combined[area]["excitement"] > combined[best]["excitement"] + history.TIE_TOLERANCE):
+        if best is None or values[area] > values[best] + tolerance or (
+                abs(values[area] - values[best]) <= tolerance
+                and combined[area]["excitement"] > combined[best]["excitement"] + tolerance):
             best = area
     return best, values

@@ -206,7 +206,7 @@ from __future__ import annotations
 '''
     parts = [header]
     groups: list[list[str]] = [[], [], []]  # standard library, third party, the course (isort's order)
-    for statement in sorted(set(needed.values()), key=lambda s: (s.startswith("from "), s)):
+    for statement in _merged(set(needed.values())):
         root = statement.split()[1].split(".")[0]
         groups[0 if root in sys.stdlib_module_names else 2 if root == "mechinterp_course" else 1].append(statement)
     blocks = ["\n".join(group) for group in groups if group]
@@ -224,6 +224,18 @@ from __future__ import annotations
     for _, source in found.functions:
         parts.append("\n" + source.replace("{notebook}", notebook_path) + "\n")
     return "\n".join(parts)
+
+
+def _merged(statements: set[str]) -> list[str]:
+    """Import statements in isort's order, ``from m import a`` and ``from m import b`` merged into one."""
+    plain = sorted(s for s in statements if s.startswith("import "))
+    names: dict[str, list[str]] = {}
+    for statement in statements:
+        if statement.startswith("from "):
+            module, _, name = statement.removeprefix("from ").partition(" import ")
+            names.setdefault(module, []).append(name)
+    froms = [f"from {module} import {', '.join(sorted(found))}" for module, found in sorted(names.items())]
+    return plain + froms
 
 
 def _literal(value: object) -> str:
