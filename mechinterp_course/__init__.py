@@ -1,20 +1,26 @@
 """mechinterp-course: the helper library behind the course's notebooks.
 
-One module per concern, each imported by the notebooks and the tests:
+Shared machinery, small and flat:
 
 - ``models``    the course's small transformers (TransformerLens 4.x ``TransformerBridge``) and the model zoo;
-- ``tasks``     synthetic data sets (repeated-token sequences, clean/corrupted pairs);
-- ``training``  a small training loop with a progress bar, evaluation and snapshots;
+- ``tasks``     synthetic data sets (repeated-token sequences, clean/corrupted pairs, modular arithmetic);
+- ``training``  the course's one training loop (progress bar, evaluation, snapshots, early stopping);
 - ``recipes``   the zoo's training recipes (``mechinterp-course train NAME`` rebuilds a zoo model);
-- ``history``   chapter 00: the deck's history and maps as data, the digits CNN and feature visualisation;
-- ``circuits``  chapter 01: reference implementations (what the graders compare against);
-- ``grokking``  chapter 02: modular addition, the Fourier analysis, progress measures, the in-notebook run;
-- ``graders``   instant-feedback ``check_*`` functions, used in notebooks and in nbgrader test cells
-  (``grokking_graders`` holds chapter 02's);
-- ``plots``     plotly figures and offline circuitsvis wrappers;
-- ``research``  the deck's point scores and research advice, and the widget students record their own in;
-- ``real_models`` the optional online path to GPT-2 small;
-- ``notebooks`` / ``autograde`` / ``cli``  the instructor's tools (build the student notebooks, grade submissions).
+- ``plots``     every figure: plotly helpers, offline circuitsvis, the timeline and maps, live training curves;
+- ``research``  the talk's research areas (one frozen ``Area`` each: scores, advice, chapter) and the score widget;
+- ``checking``  what exercises and checks are written with: ``@exercise``, ``@check``, ``call``, ``compare``,
+  ``fail``, seeded ``trials``, answer digests;
+- ``real_models`` the optional online path to GPT-2 small.
+
+One room per chapter, each of the same shape: the chapter's tools (``__init__`` and data modules), ``reference``
+(the exercises' answers, generated from the chapter's solution notebook) and ``checks`` (what its test cells call):
+
+- ``history``   chapter 00, History and landscape;
+- ``circuits``  chapter 01, Circuits;
+- ``grokking``  chapter 02, Grokking.
+
+The instructor's tools are ``instructor``: ``build`` (student notebooks and reference modules from the solutions),
+``grade`` (sandboxed, parallel grading with nbgrader) and the ``mechinterp-course`` command line.
 """
 
 from __future__ import annotations

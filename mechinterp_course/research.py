@@ -7,12 +7,13 @@ gives each big area (slides 19-78) a point score out of 10 for three questions (
 - ``excitement``: how excited am I about work in this area?
 - ``difficulty``: how hard would it be to pull it off successfully?
 
-and, for some areas, advice on how to choose a good research direction. :data:`AREAS` holds them as data, checked
-line by line against the deck's text: only three areas are scored (circuits, slide 25; grokking, slide 31; SAEs,
-slide 40); every other score is ``None`` rather than a guess. Quotations keep the deck's own spelling and typography.
+and, for some areas, advice on how to choose a good research direction. :data:`AREAS` holds one frozen :class:`Area`
+per big area, checked line by line against the deck's text: only three areas are scored (circuits, slide 25;
+grokking, slide 31; SAEs, slide 40); every other score is ``None`` rather than a guess. Quotations keep the deck's own
+spelling and typography.
 
-This module is the single copy of the deck's scores (``history.deck_scores`` reads it), and it imports nothing from
-the rest of the course so that any module can import it.
+This is the course's one table of areas: chapter 00's maps, every chapter's last section and the score widget read
+it. It imports nothing from the rest of the course at import time, so that any module can import it.
 
 Students record their own scores with :func:`score_widget` (sliders and a Save button) or in a dict checked by
 :func:`validate_scores`; :func:`score_table` sets theirs beside the deck's. Saved scores live in a small JSON file,
