@@ -149,7 +149,8 @@ def modadd_metrics(model, data=None) -> dict[str, float]:
     data = modadd_data() if data is None else data
     out = {}
     with torch.no_grad():
-        for split, tokens, labels in [("train", data.train_tokens, data.train_labels), ("test", data.test_tokens, data.test_labels)]:
+        for split, tokens, labels in [("train", data.train_tokens, data.train_labels),
+                                      ("test", data.test_tokens, data.test_labels)]:
             logits = model(tokens)
             out[f"{split}_loss"] = float(reference.loss_at_equals(logits, labels))
             out[f"{split}_accuracy"] = float((logits[:, -1].argmax(-1) == labels).double().mean())

@@ -20,6 +20,7 @@ rows ``2k - 1`` (cos) and ``2k`` (sin). A grid over the inputs is ``[p, p, ...]`
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -256,7 +257,15 @@ def key_frequencies(norms: Tensor, threshold: float = KEY_FREQUENCY_THRESHOLD) -
 
 def sum_directions(p: int, key_freqs: Sequence[int]) -> Tensor:
     """``[2 * n_key, p, p]``: the unit-norm grids ``cos(w_k (a + b))`` and ``sin(w_k (a + b))`` over ``(a, b)``,
-    cos and sin alternating per key frequency. They are orthonormal (for distinct frequencies ``0 < k < p / 2``)."""
+    cos and sin alternating per key frequency. They are orthonormal (for distinct frequencies ``0 < k < p / 2``).
+
+    Computed once per ``(p, key_freqs)`` and copied on every call: the progress measures ask for the same grids at
+    every snapshot, and a caller may change its copy in place."""
+    return _sum_directions(p, tuple(int(k) for k in key_freqs)).clone()
+
+
+@functools.lru_cache(maxsize=256)
+def _sum_directions(p: int, key_freqs: tuple[int, ...]) -> Tensor:
     a = torch.arange(p, dtype=torch.float64)[:, None]
     b = torch.arange(p, dtype=torch.float64)[None, :]
     grids = []
@@ -416,10 +425,9 @@ CLAIM_MAX_STEPS = 600
 #: What one re-run costs at most, by design of the budget: the chapter's setup runs CLAIM_MAX_STEPS steps in about
 #: this many seconds on one core of the benchmark machine (benchmarks/RESULTS.md: 491 steps in 24.5 s).
 CLAIM_RUN_SECONDS = 30
-#: Seeds the grader draws for a claim: the instant check runs one (a quick look), the hidden test more and takes
-#: the majority verdict (a setup that groks on most seeds groks).
-VISIBLE_CLAIM_SEEDS = 1
-HIDDEN_CLAIM_SEEDS = 3
+#: Seeds the grader picks for a claim (model and data seeds, whatever the claim's config says); the majority verdict
+#: counts (a setup that groks on most seeds groks). The instant check runs the first; the hidden test the others.
+CLAIM_SEEDS = 3
 #: A change must be big enough to be a different setup, not the chapter's with a rounding error: numeric fields
 #: move by at least this fraction of the chapter's value (``train_fraction``: at least this many points, absolute).
 MIN_RELATIVE_CHANGE = 0.25
@@ -508,8 +516,8 @@ def _require_a_real_change(config: GrokConfig, change: str) -> None:
         raise ValueError(f"weight decay {config.strength} is within {MIN_RELATIVE_CHANGE:.0%} of the chapter's "
                          f"{base.strength}: that is the same setup. Change it more, or use another regulariser.")
     if change == "architecture":
-        moved = [name for name in ("d_model", "d_mlp")
-                 if abs(getattr(config, name) - getattr(base, name)) >= MIN_RELATIVE_CHANGE * getattr(base, name) - _SLACK]
+        moved = [name for name in ("d_model", "d_mlp") if abs(getattr(config, name) - getattr(base, name))
+                 >= MIN_RELATIVE_CHANGE * getattr(base, name) - _SLACK]
         discrete = [name for name in ("n_heads", "n_layers", "act_fn") if getattr(config, name) != getattr(base, name)]
         if not moved and not discrete:
             raise ValueError(f"d_model and d_mlp must move by at least {MIN_RELATIVE_CHANGE:.0%} (or change n_heads, "

@@ -19,10 +19,20 @@ import torch
 from torch import Tensor
 
 from .. import models, research
-from ..checking import as_tensor, call, check, compare, fail, is_hidden, trials, unchanged
-from . import (CLAIM_RUN_SECONDS, CLEANUP_END_FRACTION, CLEANUP_START_FRACTION, GROK_MIN_GAP,
-               HIDDEN_CLAIM_SEEDS, SOLVED_ACCURACY, VISIBLE_CLAIM_SEEDS, basis_labels, describe_outcome,
-               frequency_labels, reference, run_claim, sum_directions, validate_claim)
+from ..checking import Trial, as_tensor, call, check, compare, fail, is_hidden, seed_for, trials, unchanged
+from . import (
+    CHANGE_KINDS,
+    CHAPTER_CONFIG,
+    CLAIM_RUN_SECONDS,
+    CLAIM_SEEDS,
+    SOLVED_ACCURACY,
+    basis_labels,
+    describe_outcome,
+    frequency_labels,
+    reference,
+    run_claim,
+    validate_claim,
+)
 
 #: Odd primes the hidden tests draw sizes from (the chapter's p is 59 and 113; the checks stay small and quick).
 PRIMES = (5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47)
@@ -49,7 +59,7 @@ def _random_keys(p: int, n: int, generator: torch.Generator) -> list[int]:
     return sorted(order.tolist())
 
 
-def _cosine_sum(p: int, keys: Sequence[int], alpha: Sequence[float], n_out: int | None = None) -> Tensor:
+def cosine_sum_table(p: int, keys: Sequence[int], alpha: Sequence[float], n_out: int | None = None) -> Tensor:
     """``[p, p, n_out]`` float64: ``sum_k alpha_k cos(w_k (a + b - c))``, the algorithm's logits."""
     n_out = p if n_out is None else n_out
     a = torch.arange(p, dtype=torch.float64)[:, None, None]
@@ -126,8 +136,9 @@ def all_pairs(fn: Callable) -> str:
     return f"p = {', '.join(map(str, sizes))}: every pair once, in the order a * p + b, with its answer"
 
 
-#: (n, train_fraction) for the instant check: not only squares (the split is of any n), and the chapter's 59².
-SPLIT_CASES = ((30, 0.5), (211, 0.3), (3481, 0.5), (50, 0.9))
+#: (n, train_fraction) for the instant check: not only squares (the split is of any n), one where rounding and
+#: truncating differ (209 x 0.3 = 62.7), and the chapter's 59².
+SPLIT_CASES = ((30, 0.5), (209, 0.3), (3481, 0.5), (57, 0.9))
 
 
 @check("split_indices")
@@ -177,9 +188,11 @@ CONFIDENT_MARGINS = (20.0, 30.0)
 CONFIDENT_N_OUT = 113
 
 
-def _confident_logits(batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """``([batch, 3, n_out], [batch])`` float32 logits where each right answer leads by 20 to 30 nats: float64
-    gives per-pair losses of about 1e-7 to 1e-11, float32 rounds most of them to 0 (module docstring)."""
+def confident_logits(batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``([batch, 3, n_out], [batch])`` float32 logits where each right answer leads by 20 to 30 nats, as late in
+    training. There float64 gives per-pair losses of about 1e-7 to 1e-11, while float32, whose numbers near 1 are
+    1.19e-7 apart, rounds most of them to 0: a loss computed in float32 and converted afterwards is caught here
+    (tests/test_grokking.py checks the gap on many seeds)."""
     low, high = CONFIDENT_MARGINS
     logits = torch.randn(batch, 3, CONFIDENT_N_OUT, generator=generator) * 0.5
     labels = torch.randint(0, CONFIDENT_N_OUT, (batch,), generator=generator)
@@ -199,7 +212,7 @@ def loss_at_equals(fn: Callable) -> str:
     labels = torch.randint(0, n_out, (batch,), generator=first.generator)
     uniform = torch.full((batch, 3, n_out), 2.5)
     compare(call(fn, uniform.clone(), labels.clone()), torch.tensor(math.log(n_out), dtype=torch.float64),
-            "the loss", atol=1e-9, rtol=1e-9, context=f"of uniform logits over {n_out} answers (expected ln {n_out})")
+            "the loss", atol=1e-6, rtol=1e-6, context=f"of uniform logits over {n_out} answers (expected ln {n_out})")
     # 2. Property: only the '=' position counts.
     logits = torch.randn(batch, 3, n_out, generator=first.generator)
     plain = call(fn, logits.clone(), labels.clone())
@@ -213,7 +226,7 @@ def loss_at_equals(fn: Callable) -> str:
         fail(f"the loss has dtype {loss.dtype}; compute it in float64 (convert the logits before the "
              f"cross-entropy).")
     # 4. Where precision matters: a result converted to float64 after a float32 computation fails here.
-    confident, answers = _confident_logits(16, trial_list[1].generator)
+    confident, answers = confident_logits(16, trial_list[1].generator)
     expected = reference.loss_at_equals(confident, answers)
     in_float32 = torch.nn.functional.cross_entropy(confident[:, -1], answers).double()
     actual = as_tensor(call(fn, confident.clone(), answers.clone()), "the loss")
@@ -290,8 +303,9 @@ def grok_steps(fn: Callable) -> str:
                  f"logged every 7 steps in this history.")
         wrong = [name for name, a, e in zip(("train_step", "test_step"), actual, expected) if a != e]
         fail(f"on a hand-made history (threshold {threshold}, rows every 7 steps, train accuracy exactly "
-             f"{SOLVED_ACCURACY} at one row and dipping after it) {' and '.join(wrong)} is wrong: the first row "
-             f"whose accuracy is at least the threshold counts, even if it dips later.")
+             f"{SOLVED_ACCURACY} at one row and dipping after it) {' and '.join(wrong)} "
+             f"{'is' if len(wrong) == 1 else 'are'} wrong: the first row whose accuracy is at least the threshold "
+             f"counts, even if it dips later.")
     # Then random histories, some never solved.
     histories = [_random_history(trial) for trial in trials(6)]
     wrong = {"train_step": 0, "test_step": 0}
@@ -457,7 +471,7 @@ def fit_logits(fn: Callable) -> str:
     keys = _random_keys(p, 2, anchor.generator)
     alpha = (torch.rand(2, generator=anchor.generator, dtype=torch.float64) * 5 + 1).tolist()
     offsets = torch.randn(p, p, 1, generator=anchor.generator, dtype=torch.float64) * 3
-    logits = (_cosine_sum(p, keys, alpha) + offsets).float()
+    logits = (cosine_sum_table(p, keys, alpha) + offsets).float()
     fitted, explained = _pair(call(fn, logits.clone(), list(keys)), "(alpha, variance_explained)")
     names = [[f"k={k}" for k in keys]]
     context = f"for a table that is exactly Σ α_k cos(w_k (a + b − c)) over k = {keys}, plus a term per (a, b)"
@@ -473,7 +487,7 @@ def fit_logits(fn: Callable) -> str:
         n_keys = min(n_keys, (p - 1) // 2)
         keys = _random_keys(p, n_keys, trial.generator)
         alpha = (torch.rand(n_keys, generator=trial.generator, dtype=torch.float64) * 5 + 1).tolist()
-        logits = _cosine_sum(p, keys, alpha) + noise * torch.randn(p, p, p, generator=trial.generator,
+        logits = cosine_sum_table(p, keys, alpha) + noise * torch.randn(p, p, p, generator=trial.generator,
                                                                    dtype=torch.float64)
         logits = (logits + torch.randn(p, p, 1, generator=trial.generator, dtype=torch.float64) * 3).float()
         expected_alpha, expected_r2 = reference.fit_logits(logits, keys)
@@ -531,7 +545,7 @@ def _logit_problem(trial, p: int, n_keys: int, train_share: float = 0.4):
     memorised part (the right answer boosted on every pair), like a model between memorising and grokking."""
     generator = trial.generator
     keys = _random_keys(p, n_keys, generator)
-    logits = _cosine_sum(p, keys, [4.0] * n_keys)
+    logits = cosine_sum_table(p, keys, [4.0] * n_keys)
     logits = logits + torch.randn(p, p, p, generator=generator, dtype=torch.float64) * 2
     labels = torch.randint(0, p, (p, p), generator=generator)
     logits[torch.arange(p)[:, None], torch.arange(p)[None, :], labels] += 3
@@ -548,7 +562,7 @@ def key_projection(fn: Callable) -> str:
     keys = _random_keys(p, 2, anchor.generator)
     context = f"(p = {p}, key frequencies {keys})"
     # Known answers first. An exact cosine sum lies in the span: the projection is the table, the mean 0.
-    table = _cosine_sum(p, keys, [3.0, 1.5]).float()
+    table = cosine_sum_table(p, keys, [3.0, 1.5]).float()
     mean, projection = _pair(call(fn, table.clone(), list(keys)), "(mean, projection)")
     compare(mean, torch.zeros(1, 1, p, dtype=torch.float64), "the mean", atol=1e-5, index=[None, None, "c="],
             context=f"of an exact sum of cos(w_k (a + b − c)) over the key frequencies {context}: it averages to 0 "
@@ -584,7 +598,7 @@ def restricted_loss(fn: Callable) -> str:
     p = _prime(anchor, 11, minimum=7)
     keys = _random_keys(p, 2, anchor.generator)
     # Known answer first: restricting an exact cosine sum removes nothing.
-    table = (_cosine_sum(p, keys, [4.0, 2.0]) + 1.0).float()
+    table = (cosine_sum_table(p, keys, [4.0, 2.0]) + 1.0).float()
     labels = torch.randint(0, p, (p, p), generator=anchor.generator)
     compare(call(fn, table.clone(), labels.clone(), list(keys)), _cross_entropy(table, labels), "the restricted loss",
             atol=1e-5, context=f"of an exact cosine sum over its own frequencies {keys} (p = {p}): restricting it "
@@ -607,7 +621,7 @@ def excluded_loss(fn: Callable) -> str:
     keys = _random_keys(p, 2, anchor.generator)
     # Known answer first: excluding an exact cosine sum's own frequencies leaves only each answer's mean (here the
     # same for all), so every answer is equally likely: ln p on any pairs.
-    table = (_cosine_sum(p, keys, [4.0, 2.0]) + 1.0).float()
+    table = (cosine_sum_table(p, keys, [4.0, 2.0]) + 1.0).float()
     labels = torch.randint(0, p, (p, p), generator=anchor.generator)
     mask = torch.rand(p, p, generator=anchor.generator) < 0.5
     compare(call(fn, table.clone(), labels.clone(), list(keys), mask.clone()),
@@ -632,7 +646,7 @@ def frequency_ablation_losses(fn: Callable) -> str:
     keys = _random_keys(p, 3, anchor.generator)
     absent = [k for k in range(1, (p - 1) // 2 + 1) if k not in keys][:2]
     alpha = [4.0, 2.5, 1.5]
-    table = (_cosine_sum(p, keys, alpha) + torch.randn(p, p, 1, generator=anchor.generator,
+    table = (cosine_sum_table(p, keys, alpha) + torch.randn(p, p, 1, generator=anchor.generator,
                                                        dtype=torch.float64)).float()
     labels = (torch.arange(p)[:, None] + torch.arange(p)[None, :]) % p
     full = _cross_entropy(table, labels)
@@ -642,7 +656,7 @@ def frequency_ablation_losses(fn: Callable) -> str:
             context=f"after removing frequencies absent from the table (it is a cosine sum over {keys}, p = {p}): "
                     f"each should be the unablated loss")
     # ... and removing one of its frequencies leaves exactly the sum of the other terms.
-    without = torch.stack([_cross_entropy(_cosine_sum(p, [k for k in keys if k != removed],
+    without = torch.stack([_cross_entropy(cosine_sum_table(p, [k for k in keys if k != removed],
                                                       [w for k, w in zip(keys, alpha) if k != removed]), labels)
                            for removed in keys])
     compare(call(fn, table.clone(), labels.clone(), list(keys)), without, "the losses", atol=1e-5,
@@ -688,9 +702,14 @@ def sum_of_squared_weights(fn: Callable) -> str:
     # Known answers first: all ones gives the number of parameters; zero weights leave the biases' squares.
     ones = _small_model(trial_list[0], "ones")
     n_params = sum(param.numel() for param in ones.parameters())
-    compare(call(fn, ones), torch.tensor(float(n_params)), "the sum", atol=1e-3,
+    n_biases = sum(param.numel() for name, param in ones.named_parameters() if name.endswith("bias"))
+    actual = as_tensor(call(fn, ones), "the sum")
+    if actual.numel() == 1 and math.isclose(float(actual), n_params - n_biases):
+        fail(f"for a model whose {n_params} parameters are all 1 your sum is {n_params - n_biases}, the number of "
+             f"weights alone: biases are parameters too (every tensor in model.parameters()).")
+    compare(actual, torch.tensor(float(n_params)), "the sum", atol=1e-3,
             context=f"for a model whose {n_params} parameters are all 1 (expected {n_params}: every parameter "
-                    f"counts once)")
+                    f"counts once, squared)")
     biases_only = _small_model(trial_list[1], "biases")
     expected = sum(param.detach().pow(2).sum() for param in biases_only.parameters())
     actual = as_tensor(call(fn, biases_only), "the sum")
@@ -710,19 +729,23 @@ def sum_of_squared_weights(fn: Callable) -> str:
 def gini(fn: Callable) -> str:
     """``fn(values [n]) -> scalar``: the Gini coefficient, 0 for equal values, ``1 - 1/n`` for one nonzero."""
     trial_list = list(trials(3))
-    # The two extremes first.
+    # The two extremes first, sorted already; then the same values in another order.
     for n in (10, 57):
         one_hot = torch.zeros(n, dtype=torch.float64)
-        one_hot[n // 3] = 2.0
+        one_hot[-1] = 2.0
         actual = as_tensor(call(fn, one_hot.clone()), "the coefficient")
         if actual.numel() == 1 and math.isclose(float(actual), 1.0, abs_tol=1e-6):
             fail(f"for one nonzero value out of {n} your coefficient is 1; the formula gives 1 - 1/n "
                  f"(= {1 - 1 / n:.3f}): divide by n · Σ x_i, not (n - 1) · Σ x_i.")
         compare(actual.double(), torch.tensor(1 - 1 / n, dtype=torch.float64), "the coefficient", atol=1e-6,
-                context=f"for one nonzero value out of {n} (expected 1 - 1/n)")
+                context=f"for one nonzero value out of {n}, the last (expected 1 - 1/n)")
         compare(as_tensor(call(fn, torch.full((n,), 0.3, dtype=torch.float64)), "the coefficient").double(),
                 torch.tensor(0.0, dtype=torch.float64), "the coefficient", atol=1e-6,
                 context=f"for {n} equal values (expected 0)")
+        compare(as_tensor(call(fn, one_hot.roll(-(n // 2))), "the coefficient").double(),
+                torch.tensor(1 - 1 / n, dtype=torch.float64), "the coefficient", atol=1e-6,
+                context=f"for one nonzero value out of {n}, in the middle (expected 1 - 1/n again: the values come "
+                        f"in any order, so sort them ascending first)")
     # Then random spectra, and the same values shuffled and rescaled, which must change nothing.
     for trial, (n, skew) in zip(trial_list, [(8, 1.0), (57, 4.0), (29, 0.3)]):
         n = trial.randint(3, 80) if is_hidden() else n
@@ -766,7 +789,7 @@ def _synthetic_trajectories(seed: int, n: int) -> list[tuple[list[int], list[flo
         t = torch.linspace(0, 1, n_points, dtype=torch.float64)
         mem, drop, settle = sorted((torch.rand(3, generator=generator, dtype=torch.float64) * 0.8 + 0.1).tolist())
 
-        def noise() -> Tensor:
+        def noise(n_points: int = n_points) -> Tensor:
             return 1 + 0.03 * torch.randn(n_points, generator=generator, dtype=torch.float64)
 
         excluded = (1 + 4 * (t - mem).abs()) * noise()
@@ -837,44 +860,72 @@ my_scores = research.scores_check("grokking")
 # --------------------------------------------------------------------------------------------------------------
 
 
+#: Verdicts of claims already re-run in this process, by (config, seed, data seed): the hidden test's majority
+#: counts the instant check's seed again without training it twice (a re-run is deterministic on one thread).
+_CLAIM_RUNS: dict[tuple, tuple[str, str]] = {}
+
+
+def _claim_seeds() -> list[tuple[int, int]]:
+    """(seed, data seed) pairs for the running claim check: the instant check's one, and in a hidden test also
+    ``CLAIM_SEEDS - 1`` more drawn with the hidden salt (the majority of all of them decides)."""
+    def pair(trial) -> tuple[int, int]:
+        return trial.seed % 2**31, trial.randint(0, 2**31 - 1)
+
+    visible_seed = seed_for("my_claim", 0)
+    seeds = [pair(Trial(0, visible_seed, torch.Generator().manual_seed(visible_seed)))]
+    if is_hidden():
+        seeds += [pair(trial) for trial in trials(CLAIM_SEEDS - 1)]
+    return seeds
+
+
+def _rerun(config, seed: int, data_seed: int) -> tuple[str, str, float | None]:
+    """``(verdict, outcome, seconds)`` of ``config`` trained as the grader trains it, with these seeds (seconds
+    None: remembered from an earlier check in this process)."""
+    key = (tuple(sorted(vars(config).items())), seed, data_seed)
+    if key in _CLAIM_RUNS:
+        return (*_CLAIM_RUNS[key], None)
+    started = time.perf_counter()
+    verdict, run = run_claim(replace(config, seed=seed, data_seed=data_seed), reference.loss_at_equals,
+                             reference.split_indices, reference.grok_steps, progress=False)
+    _CLAIM_RUNS[key] = verdict, describe_outcome(run, reference.grok_steps)
+    return (*_CLAIM_RUNS[key], time.perf_counter() - started)
+
+
 @check("my_claim", functions=0)
 def my_claim(claim: Any) -> str:
     """``claim = {"config": GrokConfig (or its dict), "change": kind, "prediction": "groks" | "does not grok"}``:
-    validated, then re-trained from scratch on seeds the grader picks (whatever seeds the claim's config says),
-    one in the instant check, ``HIDDEN_CLAIM_SEEDS`` in a hidden test (the majority verdict counts)."""
+    validated, then re-trained from scratch on seeds the grader picks, whatever seeds the claim's config says: the
+    instant check runs the first of them; a hidden test runs all ``CLAIM_SEEDS`` (the first one's
+    verdict is remembered, not trained again) and the majority verdict counts."""
     try:
         config, change, prediction = validate_claim(claim)
     except (ValueError, TypeError) as error:
         fail(str(error))
-    n_seeds = HIDDEN_CLAIM_SEEDS if is_hidden() else VISIBLE_CLAIM_SEEDS
-    needed = n_seeds // 2 + 1  # the majority: stop once it is decided either way
-    print(f"Re-training your setup ({change}: {_describe_change(config, change)}) from scratch on {n_seeds} "
-          f"seed{'s' if n_seeds > 1 else ''} the grader picks, up to {config.steps} steps each (at most about "
-          f"{CLAIM_RUN_SECONDS} s each on one core), stopping once the verdict is decided ...", flush=True)
+    seeds = _claim_seeds()
+    needed = len(seeds) // 2 + 1  # a majority: stop as soon as one verdict has it
+    print(f"Re-training your setup ({_describe_change(config, change)}) from scratch on "
+          f"{'the first of the seeds' if len(seeds) == 1 else f'{len(seeds)} seeds'} the grader picks, up to "
+          f"{config.steps} steps each (at most about {CLAIM_RUN_SECONDS} s each on one core), stopping once the "
+          f"verdict is decided ...", flush=True)
     verdicts, outcomes = [], []
-    for trial in trials(n_seeds):
-        seed, data_seed = trial.seed % 2**31, trial.randint(0, 2**31 - 1)
-        started = time.perf_counter()
-        verdict, run = run_claim(replace(config, seed=seed, data_seed=data_seed), reference.loss_at_equals,
-                                 reference.split_indices, reference.grok_steps, progress=False)
-        outcome = describe_outcome(run, reference.grok_steps)
-        print(f"  seed {seed}, data seed {data_seed}: it {outcome} -> '{verdict}' "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
+    for seed, data_seed in seeds:
+        verdict, outcome, seconds = _rerun(config, seed, data_seed)
+        timing = "already run by the check above" if seconds is None else f"{seconds:.0f} s"
+        print(f"  seed {seed}, data seed {data_seed}: it {outcome} -> '{verdict}' ({timing})", flush=True)
         verdicts.append(verdict)
         outcomes.append(f"seed {seed}: it {outcome} ('{verdict}')")
-        if max(verdicts.count(v) for v in set(verdicts)) >= needed:
+        if verdicts.count(verdict) >= needed:
             break
     majority = max(set(verdicts), key=verdicts.count)
-    agreeing = verdicts.count(majority)
-    if majority != prediction:
+    if majority != prediction or verdicts.count(majority) < needed:
         fail(f"you predicted '{prediction}', but on the grader's seed{'s' if len(verdicts) > 1 else ''} the re-run "
-             f"{'; '.join(outcomes)}: '{majority}' on {agreeing} of {len(verdicts)}.")
-    return (f"your change of {change}: '{majority}' on {agreeing} of {len(verdicts)} of the grader's seeds, as you "
-            f"predicted (groks = 99% test accuracy at least {GROK_MIN_GAP} steps after 99% train accuracy)")
+             f"{'; '.join(outcomes)}.")
+    where = ("on the grader's first seed" if len(seeds) == 1 else
+             f"on {verdicts.count(majority)} of the grader's {len(seeds)} seeds, a majority")
+    return f"'{majority}' {where}, as you predicted (your change: {_describe_change(config, change)})"
 
 
 def _describe_change(config, change: str) -> str:
-    from . import CHANGE_KINDS, CHAPTER_CONFIG
-
+    """``"train_fraction 0.5 -> 0.7"``: what the claim changes in the chapter's setup."""
     return ", ".join(f"{name} {getattr(CHAPTER_CONFIG, name)!r} -> {getattr(config, name)!r}"
                      for name in CHANGE_KINDS[change] if getattr(config, name) != getattr(CHAPTER_CONFIG, name))

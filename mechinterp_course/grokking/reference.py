@@ -126,10 +126,10 @@ def fourier_basis(p: int) -> torch.Tensor:
     Defined in solutions/02_grokking/02_grokking.ipynb, exercise 4.1.
     """
     x = torch.arange(p, dtype=torch.float64)
-    rows = [torch.ones(p, dtype=torch.float64)]
-    for k in range(1, (p - 1) // 2 + 1):
-        rows += [torch.cos(2 * math.pi * k * x / p), torch.sin(2 * math.pi * k * x / p)]
-    basis = torch.stack(rows)
+    k = torch.arange(1, (p - 1) // 2 + 1, dtype=torch.float64)[:, None]  # [n_freq, 1]
+    angles = 2 * math.pi * k * x / p  # [n_freq, p]
+    waves = einops.rearrange([torch.cos(angles), torch.sin(angles)], "two k x -> (k two) x")
+    basis = torch.cat([torch.ones(1, p, dtype=torch.float64), waves])  # const, cos 1, sin 1, ...
     return basis / basis.norm(dim=1, keepdim=True)
 
 
