@@ -216,4 +216,4 @@ COUNTEREXAMPLE_MIN_BASELINE_GAP = 1.0
 COUNTEREXAMPLE_BATCH = 128
 
 
-from .studies import CIRCUIT_STUDIES, STUDY_SCENARIOS, CircuitStudy  # noqa: E402 - section 8's data, re-exported
+from .studies import CIRCUIT_STUDIES, STUDY_SCENARIOS, CircuitStudy  # noqa: E402, F401 - section 8's data, re-exported

@@ -11,6 +11,7 @@ fresh inputs, naming entries by what they are (heads as ``L1H2``, query position
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,12 +20,35 @@ import torch
 from torch import Tensor
 
 from .. import models, research, tasks
-from ..checking import (ATOL, RTOL, call, check, compare, fail, is_hidden, layer_head_index, raises, tokens_only,
-                        trials, unchanged, wrong_answers)
-from . import (ATTENTION_MAJORITY, COUNTEREXAMPLE_BATCH, COUNTEREXAMPLE_MAX_FAITHFULNESS,
-               COUNTEREXAMPLE_MIN_ACCURACY, COUNTEREXAMPLE_MIN_BASELINE_GAP, COUNTEREXAMPLE_MIN_PREDICTIONS,
-               INDUCTION_THRESHOLD, LogitDiff, all_head_scores, circuit_faithfulness, induction_reference_tokens,
-               reference)
+from ..checking import (
+    ATOL,
+    RTOL,
+    call,
+    check,
+    compare,
+    fail,
+    is_hidden,
+    layer_head_index,
+    raises,
+    tokens_only,
+    trials,
+    unchanged,
+    wrong_answers,
+)
+from . import (
+    ATTENTION_MAJORITY,
+    COUNTEREXAMPLE_BATCH,
+    COUNTEREXAMPLE_MAX_FAITHFULNESS,
+    COUNTEREXAMPLE_MIN_ACCURACY,
+    COUNTEREXAMPLE_MIN_BASELINE_GAP,
+    COUNTEREXAMPLE_MIN_PREDICTIONS,
+    INDUCTION_THRESHOLD,
+    LogitDiff,
+    all_head_scores,
+    circuit_faithfulness,
+    induction_reference_tokens,
+    reference,
+)
 from .studies import CIRCUIT_STUDIES
 
 MODEL = "induction-2l"
@@ -62,17 +86,22 @@ def _matches(value: Any, target: Tensor | float, atol: float = ATOL, rtol: float
     return actual is not None and bool(torch.isclose(actual, target, atol=atol, rtol=rtol, equal_nan=True).all())
 
 
-Mistake = tuple[Callable[[], Any], str]
+#: A known mistake: what it gives (a tensor, or a function computing it, called only when needed) and its message.
+Mistake = tuple[Tensor | Callable[[], Any], str]
 
 
 def _explain(actual: Any, expected: Tensor, mistakes: Sequence[Mistake], atol: float = ATOL,
              rtol: float = RTOL) -> None:
-    """Before the element-wise comparison: if ``actual`` is wrong but is what a known mistake gives (each mistake is
-    ``(what it computes, the message)``, computed only when needed), fail with that mistake's message."""
+    """Before the element-wise comparison: if ``actual`` is wrong but is what a known mistake gives, fail with that
+    mistake's message."""
     if _matches(actual, expected, atol, rtol):
         return
     for wrong, message in mistakes:
-        if _matches(actual, wrong(), atol, rtol):
+        try:
+            candidate = wrong() if callable(wrong) else wrong
+        except (RuntimeError, ValueError, IndexError):  # a mistake that cannot arise with these inputs
+            continue
+        if _matches(actual, candidate, atol, rtol):
             fail(message)
 
 
@@ -128,7 +157,7 @@ def get_attention_pattern(fn: Callable) -> str:
             # The properties of any attention pattern first: finite, causal, each query's row a distribution.
             if not torch.isfinite(pattern).all():
                 fail(f"your pattern {context} has infinite or NaN entries: a pattern is the softmax of the "
-                     f"attention scores (hook_pattern), not the masked scores themselves (hook_attn_scores).")
+                     f"attention scores (hook_pattern), not the masked scores before it.")
             if pattern.triu(1).abs().max() > 1e-6:
                 transposed = torch.allclose(pattern.sum(-2), torch.ones_like(pattern.sum(-2)), atol=1e-4)
                 fail(f"your pattern {context} gives weight to keys after their query"
@@ -140,7 +169,7 @@ def get_attention_pattern(fn: Callable) -> str:
             if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
                 fail(f"the rows of your pattern {context} sum to between {float(sums.min()):.3g} and "
                      f"{float(sums.max()):.3g} over the keys; each query's attention is a distribution that sums "
-                     f"to 1 (read hook_pattern, after the softmax).")
+                     f"to 1 (read hook_pattern: the softmax of the scores).")
             for other in range(n_layers):
                 if other != layer and _matches(pattern, cache[f"blocks.{other}.attn.hook_pattern"]) \
                         and not _matches(pattern, expected):
@@ -271,12 +300,12 @@ def circuit_heads(previous_token_heads: Any, induction_heads: Any) -> str:
 
 
 def _working_until(n_heads: int, seq: int, until: Sequence[int]) -> Tensor:
-    """``[1, n_heads, seq, seq]``: head h attends to the previous token at query positions 1 .. until[h] and to BOS
-    after (query 0, BOS itself, attends to itself)."""
+    """``[1, n_heads, seq, seq]``: head h attends to the previous token at query positions 1 .. until[h] and to
+    itself at every other position."""
     pattern = torch.zeros(1, n_heads, seq, seq)
     for head in range(n_heads):
         for q in range(seq):
-            pattern[0, head, q, q - 1 if 1 <= q <= until[head] else 0] = 1.0
+            pattern[0, head, q, q - 1 if 1 <= q <= until[head] else q] = 1.0
     return pattern
 
 
@@ -303,7 +332,7 @@ def previous_token_attention(fn: Callable) -> str:
                  f"position p to position p - 1.")
     compare(actual, expected, "the curves", context=f"of {job}", index=["H", "query "])
     for trial in trials(3):
-        batch, n_heads, seq = trial.randint(1, 4), trial.randint(2, 6), trial.randint(8, 40)
+        batch, n_heads, seq = trial.randint(2, 4), trial.randint(2, 6), trial.randint(8, 40)
         pattern = _causal_pattern(batch, n_heads, seq, trial.generator)
         before = pattern.clone()
         actual = call(fn, pattern)
@@ -357,27 +386,28 @@ def head_direct_logit_attribution(fn: Callable) -> str:
         actual = call(fn, z.clone(), W_O.clone(), direction.clone())
         context = f"(z of shape {tuple(z.shape)})"
         expected = reference.head_direct_logit_attribution(z, W_O, direction)
-        # The property first: the heads' terms add up to the whole layer's output along the direction.
+        _explain(actual, expected, [
+            (expected.T, "your result is [n_heads, batch]; return [batch, n_heads]."),
+            (reference.head_direct_logit_attribution(z, W_O, direction[:1].expand_as(direction)),
+             "every example is scored along the first example's direction: each example has its own "
+             "(direction[i] for example i)."),
+        ], atol=1e-3)
+        # The property: the heads' terms add up to the whole layer's output along the direction.
         total = (torch.einsum("bhd,hdm->bm", z, W_O) * direction).sum(-1)
         terms = _as_float(actual, (batch, n_heads))
         if terms is not None:
             compare(terms.sum(-1), total, "the sum over heads of your attributions", atol=1e-3,
                     context=f"{context}: it must equal the layer's summed output dotted with the direction",
                     index=["example "])
-        _explain(actual, expected, [
-            (lambda: expected.T, "your result is [n_heads, batch]; return [batch, n_heads]."),
-            (lambda: expected[:1].expand(batch, n_heads),
-             "every example gets the first example's attributions: each example has its own direction "
-             "(direction[i] for example i)."),
-        ], atol=1e-3)
         compare(actual, expected, "the attributions", context=context, atol=1e-3, index=["example ", "H"])
     return "3 random shapes; the heads' attributions add up to the layer's output"
 
 
-def _with_random_biases(generator: torch.Generator):
-    """The course model with random unembedding and output biases (the trained ones are zero or small), so that a
-    decomposition that leaves a bias out cannot sum to the truth. It travels to a graded kernel by its weights."""
-    model = models.fresh(MODEL)
+def _with_random_biases(generator: torch.Generator, model=None):
+    """The course model (or ``model``, a copy of it) with random unembedding and output biases (the trained ones are
+    zero or small), so that a decomposition that leaves a bias out cannot sum to the truth. It travels to a graded
+    kernel by its weights."""
+    model = models.fresh(MODEL) if model is None else model
     state = model.state_dict()
     for name in [n for n in state if n == "unembed.bias" or n.endswith("attn.o.bias")]:
         state[name] = torch.randn(state[name].shape, generator=generator)
@@ -389,8 +419,9 @@ def _with_random_biases(generator: torch.Generator):
 @check("decompose_logit_diff", depends_on=("head_direct_logit_attribution",))
 def decompose_logit_diff(fn: Callable) -> str:
     """``fn(model, cache, answer, wrong) -> (terms [n_components], labels)``, summing to the true logit difference."""
+    model = None
     for trial in trials(2):
-        model = _with_random_biases(trial.generator)
+        model = _with_random_biases(trial.generator, model)
         batch = trial.randint(6, 16)
         pair = tasks.patching_pair(batch, trial.randint(8, 15), model.cfg.d_vocab, seed=trial.seed)
         with torch.no_grad():
@@ -424,7 +455,7 @@ def decompose_logit_diff(fn: Callable) -> str:
         if given_labels != labels:
             fail(f"the labels should be {labels}, in that order; got {given_labels}.")
         compare(terms, expected.detach(), "the terms", atol=1e-3, context=context,
-                index=lambda i: labels[i[0]])
+                index=[labels])
     return "2 fresh prompt batches, with random biases; the terms sum to the true logit difference"
 
 
@@ -464,14 +495,14 @@ def ablate_head(fn: Callable) -> str:
                     fail(f"your {method} ablation of H{head} also changed {', '.join(changed)}: every head but the "
                          f"one asked for must be left as it was (index the head dimension, z[:, :, head]).")
             expected = reference.ablate_head(z, head, method, ref, index)
-            ablated = lambda value: reference.ablate_head(z, head, "zero") + _only_head(value, head, z.shape)
+            ablated = functools.partial(_ablated_with, reference.ablate_head(z, head, "zero"), head)
             _explain(actual, expected, [
-                (lambda: ablated(ref[:, :pos, head].mean(dim=(0, 1))),
+                (ablated(ref[:, :pos, head].mean(dim=(0, 1))),
                  f"your mean ablation puts the same vector at every position: the mean is over the reference's "
                  f"batch only, one mean per position {context}."),
-                (lambda: ablated(z[:, :, head].mean(dim=0)),
+                (ablated(z[:, :, head].mean(dim=0)),
                  f"you averaged z itself; the mean comes from `reference` (its first pos positions) {context}."),
-                (lambda: ablated(ref[:batch, :pos, head]),
+                (ablated(ref[:batch, :pos, head]),
                  f"row i must get reference row resample_index[i], not reference row i {context}."),
             ])
             compare(actual, expected, "the ablated z", context=context, index=["example ", "pos ", "H", "d_head "])
@@ -479,9 +510,10 @@ def ablate_head(fn: Callable) -> str:
             "input left untouched")
 
 
-def _only_head(value: Tensor, head: int, shape: torch.Size) -> Tensor:
-    """A tensor of ``shape`` that is zero except ``[:, :, head]``, which is ``value`` (broadcast)."""
-    out = torch.zeros(shape)
+def _ablated_with(zeroed: Tensor, head: int, value: Tensor) -> Tensor:
+    """``zeroed`` (z with ``head`` zero-ablated) with ``value`` (broadcast) written into ``head``: what an ablation
+    that replaces the head by ``value`` gives."""
+    out = zeroed.clone()
     out[:, :, head] = value
     return out
 
@@ -511,7 +543,7 @@ def normalised_metric(fn: Callable) -> str:
                    f"{'below' if clean_below else 'above'} corrupted)")
         cases.append((values, clean, corrupted, context, ["example "] if kind == "per-example tensor" else None))
     # The anchors first: the clean run itself maps to 1, the corrupted run to 0 (and not the other way round).
-    for values, clean, corrupted, context, names in cases:
+    for _, clean, corrupted, context, names in cases:
         at_clean, at_corrupted = (torch.as_tensor(end).float().clone() for end in (clean, corrupted))
         clean_maps = call(fn, at_clean, clean, corrupted)
         corrupted_maps = call(fn, at_corrupted, clean, corrupted)
@@ -568,14 +600,24 @@ def patch_residual_by_layer_pos(fn: Callable) -> str:
             if not _matches(others, torch.full(others.shape, corrupted_value), atol=1e-3):
                 fail(f"at layer 0 only position {source} (the changed token) differs between the two runs, so "
                      f"patching any other position must leave the corrupted run's metric {corrupted_value:.4g}; "
-                     f"yours does not {context}. Patch one position at a time, and clone the activation before "
-                     f"changing it.")
+                     f"yours does not {context}. Patch blocks.L.hook_resid_pre (the stream entering block L), one "
+                     f"position at a time, and clone the activation before changing it.")
             if not _matches(found[0, source], clean_value, atol=1e-3):
                 fail(f"patching layer 0 at position {source}, the only one that differs, must restore the clean "
                      f"run's metric {clean_value:.4g} exactly; yours gives {float(found[0, source]):.4g} {context}. "
                      f"Patch blocks.L.hook_resid_pre (the stream entering block L) at that position.")
         compare(actual, expected, "the patching map", atol=1e-3, context=context, index=["L", "pos "])
     return "changed and unchanged positions at layer 0; 2 fresh clean/corrupted batches of different lengths"
+
+
+def _patched_grid(model, tokens: Tensor, source_cache, metric: Callable, whole_layer: bool = False,
+                  positions: slice = slice(None)) -> Tensor:
+    """``[n_layers, n_heads]``: the metric with each head (or, ``whole_layer``, its whole layer) patched at
+    ``positions``: what the usual slips of head patching give."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    return torch.tensor([[float(_patch_z(model, tokens, source_cache, layer,
+                                         range(n_heads) if whole_layer else [head], metric, positions))
+                          for head in range(n_heads)] for layer in range(n_layers)])
 
 
 @check("patch_heads")
@@ -597,24 +639,15 @@ def patch_heads(fn: Callable) -> str:
         model.reset_hooks()
         clean_cache = _cache(model, pair.clean)
 
-        def whole_layers() -> Tensor:
-            rows = [_patch_z(model, pair.corrupted, clean_cache, layer, range(n_heads), metric)
-                    for layer in range(n_layers)]
-            return torch.stack(rows)[:, None].expand(n_layers, n_heads)
-
-        def last_position() -> Tensor:
-            return torch.tensor([[float(_patch_z(model, pair.corrupted, clean_cache, layer, [head], metric,
-                                                 positions=slice(-1, None)))
-                                  for head in range(n_heads)] for layer in range(n_layers)])
-
         _explain(actual, expected, [
-            (lambda: reference.patch_heads(model, pair.corrupted, pair.clean, metric),
+            (functools.partial(reference.patch_heads, model, pair.corrupted, pair.clean, metric),
              f"you ran the clean input and patched in the corrupted run's activations {context}: run the corrupted "
              f"input and patch in the clean ones."),
-            (whole_layers, f"every head of a layer gives the same result: you patched the whole layer's z at once "
-                           f"{context}; patch one head's slice, z[:, :, head]."),
-            (last_position, f"you patched the head at the last position only {context}; patch it at every "
-                            f"position."),
+            (functools.partial(_patched_grid, model, pair.corrupted, clean_cache, metric, whole_layer=True),
+             f"every head of a layer gives the same result: you patched the whole layer's z at once {context}; "
+             f"patch one head's slice, z[:, :, head]."),
+            (functools.partial(_patched_grid, model, pair.corrupted, clean_cache, metric, positions=slice(-1, None)),
+             f"you patched the head at the last position only {context}; patch it at every position."),
         ], atol=1e-3)
         compare(actual, expected, "the per-head results", atol=1e-3, context=context, index=layer_head_index)
     return "clean = corrupted changes nothing; 2 fresh clean/corrupted batches"
@@ -660,7 +693,7 @@ def attribution_patch_heads(fn: Callable) -> str:
                      f"later layers. Do not detach z in the hooks (z.detach().requires_grad_() cuts the graph there); "
                      f"add a zero probe that requires grad instead.")
         _explain(actual, expected, [
-            (lambda: reference.attribution_patch_heads(model, pair.corrupted, pair.clean, metric),
+            (functools.partial(reference.attribution_patch_heads, model, pair.corrupted, pair.clean, metric),
              f"you linearised around the clean run and stepped towards the corrupted one {context}: the estimate "
              f"starts from the corrupted run (its metric and gradient) and steps by z_clean - z_corrupted."),
         ], atol=1e-3)
@@ -674,6 +707,11 @@ def attribution_patch_heads(fn: Callable) -> str:
 
 #: Sender/receiver pairs that are no path (same layer, or the sender after the receiver): they must raise ValueError.
 IMPOSSIBLE_PATHS = [((1, 0), (1, 1)), ((0, 2), (0, 1)), ((1, 2), (0, 3))]
+
+
+def _whole_head(model, pair, sender: tuple[int, int], metric: Callable) -> Tensor:
+    """The metric of the corrupted run with the sender head's whole output patched from the clean run."""
+    return _patch_z(model, pair.corrupted, _cache(model, pair.clean), sender[0], [sender[1]], metric)
 
 
 def _add_to_receiver(model, pair, sender, receiver, metric, hook_kind: str, all_receivers: bool = False) -> Tensor:
@@ -724,25 +762,32 @@ def path_patch_key(fn: Callable) -> str:
             path = f"L{sender[0]}H{sender[1]} -> L{receiver[0]}H{receiver[1]}'s key"
             context = f"(path {path}, a fresh batch of shape {tuple(pair.clean.shape)})"
             _explain(actual, expected, [
-                (lambda: _patch_z(model, pair.corrupted, _cache(model, pair.clean), sender[0], [sender[1]], metric),
+                (functools.partial(_whole_head, model, pair, sender, metric),
                  f"your result is what patching the sender's whole output gives {context}: that restores every path "
                  f"from the sender (to every later head's query, key and value, and to the logits). Add the "
                  f"sender's clean-minus-corrupted output to the receiver's key only."),
-                (lambda: _add_to_receiver(model, pair, sender, receiver, metric, "k", all_receivers=True),
+                (functools.partial(_add_to_receiver, model, pair, sender, receiver, metric, "k",
+                                   all_receivers=True),
                  f"you changed the key of every head in the receiver's layer {context}; change the receiver head's "
                  f"key only."),
-                (lambda: _add_to_receiver(model, pair, sender, receiver, metric, "q"),
-                 f"you patched the receiver's query {context}; this exercise patches its key (hook_k, through "
-                 f"W_K)."),
-                (lambda: _add_to_receiver(model, pair, sender, receiver, metric, "v"),
-                 f"you patched the receiver's value {context}; this exercise patches its key (hook_k, through "
-                 f"W_K)."),
-                (lambda: reference.path_patch_key(model, pair.corrupted, pair.clean, sender, receiver, metric),
+                (functools.partial(_add_to_receiver, model, pair, sender, receiver, metric, "q"),
+                 f"your result is what adding the sender's change to the receiver's query gives {context}; this "
+                 f"exercise adds it to the receiver's key (hook_k, through W_K)."),
+                (functools.partial(_add_to_receiver, model, pair, sender, receiver, metric, "v"),
+                 f"your result is what adding the sender's change to the receiver's value gives {context}; this "
+                 f"exercise adds it to the receiver's key (hook_k, through W_K)."),
+                (functools.partial(reference.path_patch_key, model, pair.corrupted, pair.clean, sender, receiver,
+                                   metric),
                  f"you ran the clean input with corrupted activations on the path {context}: run the corrupted "
                  f"input and restore the clean activations along the path."),
             ], atol=1e-3)
             compare(actual, expected, "the result", atol=1e-3, context=context)
     return "impossible paths refused; clean = corrupted changes nothing; 3 sender/receiver pairs on 2 fresh batches"
+
+
+def _elementwise_score(W_A: Tensor, W_B: Tensor) -> Tensor:
+    """The composition score with an element-wise product in place of the matrix product (a typical slip)."""
+    return (W_A * W_B).norm(dim=(-2, -1)) / (W_A.norm(dim=(-2, -1)) * W_B.norm(dim=(-2, -1)))
 
 
 @check("composition_score")
@@ -765,13 +810,12 @@ def composition_score(fn: Callable) -> str:
                         "the matrices' sizes: divide by both Frobenius norms")
             fail(f"rescaling a matrix must not change the score, but with W_A times 3 and W_B times 0.5 yours is "
                  f"multiplied by {ratio:.4g} {context}: it grows with {hint}.")
-        norms = W_A.norm(dim=(-2, -1)) * W_B.norm(dim=(-2, -1))
         _explain(plain, expected, [
-            (lambda: (W_A * W_B).norm(dim=(-2, -1)) / norms,
+            (functools.partial(_elementwise_score, W_A, W_B),
              f"you multiplied the matrices element by element {context}; the score composes them: "
              f"W_A @ W_B, the matrix product."),
-            (lambda: torch.linalg.matrix_norm(W_A @ W_B, ord=2) / (torch.linalg.matrix_norm(W_A, ord=2)
-                                                                    * torch.linalg.matrix_norm(W_B, ord=2)),
+            (torch.linalg.matrix_norm(W_A @ W_B, ord=2) / (torch.linalg.matrix_norm(W_A, ord=2)
+                                                            * torch.linalg.matrix_norm(W_B, ord=2)),
              f"you used the spectral norm {context}; the score uses Frobenius norms (the default of "
              f"tensor.norm over the last two dimensions)."),
         ])
@@ -813,7 +857,7 @@ def full_ov_circuit(fn: Callable) -> str:
         actual = call(fn, W_E.clone(), W_V.clone(), W_O.clone(), W_U.clone())
         context = f"(d_vocab {d_vocab}, d_model {d_model}, {n_heads} heads of size {d_head})"
         _explain(actual, expected, [
-            (lambda: expected.transpose(-1, -2),
+            (expected.transpose(-1, -2),
              f"you returned the transpose {context}: row t must be the token the head reads (attends to), through "
              f"W_E; column s the logit it writes, through W_U."),
         ], atol=1e-3, rtol=1e-3)
@@ -885,7 +929,7 @@ def prefix_matching_circuit(fn: Callable) -> str:
     eye = torch.eye(n)
     # Known answers first: identity weights match every query to the key after its own token...
     actual = call(fn, eye.clone(), eye[None].clone(), eye[None].clone(), eye.clone())
-    _explain(actual, eye[None], [(lambda: eye[None] / math.sqrt(n),
+    _explain(actual, eye[None], [(eye[None] / math.sqrt(n),
                                   "you divided by sqrt(d_head): the exercise asks for the product without the "
                                   "scaling (it does not change which key wins).")])
     compare(actual, eye[None], "the circuit", index=["H", "query token ", "previous token "],
@@ -893,8 +937,8 @@ def prefix_matching_circuit(fn: Callable) -> str:
     # ... and a previous-token head that writes token s as token s + 1 moves every match by one.
     expected = reference.prefix_matching_circuit(eye, eye[None], eye[None], _shift(n))
     actual = call(fn, eye.clone(), eye[None].clone(), eye[None].clone(), _shift(n))
-    context = (f"(every matrix the identity, but W_OV_prev maps token s to token s + 1: the query on token s + 1 "
-               f"must match the key whose previous token is s)")
+    context = ("(every matrix the identity, but W_OV_prev maps token s to token s + 1: the query on token s + 1 "
+               "must match the key whose previous token is s)")
     if _matches(actual, eye[None]):
         fail(f"your circuit does not change when W_OV_prev does {context}: the key side must read what the "
              f"previous-token head writes at the key's position: the previous token's embedding times W_OV_prev, "
@@ -914,19 +958,19 @@ def prefix_matching_circuit(fn: Callable) -> str:
         actual = call(fn, W_E.clone(), W_Q.clone(), W_K.clone(), W_OV.clone())
         context = f"(d_vocab {d_vocab}, d_model {d_model}, {n_heads} heads of size {d_head})"
         _explain(actual, expected, [
-            (lambda: expected.transpose(-1, -2),
+            (expected.transpose(-1, -2),
              f"you returned the transpose {context}: rows are the query's token, columns the key's previous "
              f"token."),
-            (lambda: reference.prefix_matching_circuit(W_E, W_Q, W_K, W_OV.T),
+            (reference.prefix_matching_circuit(W_E, W_Q, W_K, W_OV.T),
              f"you applied W_OV_prev transposed {context}: the previous-token head writes x @ W_OV_prev for a row "
              f"vector x."),
-            (lambda: expected / math.sqrt(d_head),
+            (expected / math.sqrt(d_head),
              f"you divided by sqrt(d_head) {context}: the exercise asks for the product without the scaling (it "
              f"does not change which key wins)."),
-            (lambda: reference.prefix_matching_circuit(W_E, W_K, W_Q, W_OV),
+            (reference.prefix_matching_circuit(W_E, W_K, W_Q, W_OV),
              f"you swapped the query and key sides {context}: W_Q reads the query's own token, W_K the key's "
              f"input."),
-            (lambda: (W_E @ W_Q) @ (W_E @ W_K).transpose(-1, -2),
+            ((W_E @ W_Q) @ (W_E @ W_K).transpose(-1, -2),
              f"your circuit leaves out W_OV_prev {context}: it matches a token to a key that holds the same token "
              f"(a duplicate-token circuit), not to a key whose previous token it is."),
         ], atol=1e-3, rtol=1e-3)
@@ -952,7 +996,8 @@ def circuit_studies(answers: Any) -> str:
     if missing or extra:
         fail(f"use exactly the {len(key)} scenario letters {', '.join(key)} as keys ({len(missing)} missing, "
              f"{len(extra)} unexpected: {extra}).")
-    invalid = {letter: given for letter, given in answers.items() if given not in options}
+    invalid = {letter: given for letter, given in answers.items()
+               if not isinstance(given, str) or given.strip().casefold() not in options}
     if invalid:
         fail(f"{len(invalid)} answer(s) are not one of the study keys {options}: {invalid}.")
     wrong = wrong_answers("study_findings", answers, key)
@@ -983,9 +1028,10 @@ def measure(fn: Callable) -> str:
         if not isinstance(measured, dict):
             fail(f"return a dict, got {type(measured).__name__}.")
         context = f"(on a fresh batch of {batch} sequences with half_len {half_len})"
+        missing = [key for key in expected if key not in measured or measured[key] is None]
+        if missing:
+            fail(f"missing the measurement{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}.")
         for key, value in expected.items():
-            if key not in measured or measured[key] is None:
-                fail(f"missing the measurement {key!r}.")
             try:
                 given = float(measured[key])
             except (TypeError, ValueError):

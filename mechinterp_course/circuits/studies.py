@@ -77,8 +77,8 @@ LISTED_WITHOUT_RESULT = ("pronoun selection", "greater than", "docstring", "time
 STUDY_SCENARIOS: dict[str, str] = {
     "A": "In a large model's name-copying circuit you knock out the heads that carry the name to the output. The "
          "answer barely suffers: heads that had contributed little before now do the carrying.",
-    "B": "In a model trained with no dropout at all, you zero the output of one attention layer and measure what "
-         "every later layer writes: one of them now writes far more of the answer than it did.",
+    "B": "You zero the output of one attention layer of a model whose training used no dropout at all, and "
+         "measure what each later layer writes: one of them now writes far more of the answer than before.",
     "C": "Going through a model's heads one by one, you can give most of them a one-line job description: 'looks "
          "at the word before', 'looks at an earlier copy of this word', 'looks where that copy continued'.",
     "D": "On 'When Mary and John went to the store, John gave a drink to', GPT-2 small with all but a few dozen "
