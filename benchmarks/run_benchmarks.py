@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nbformat
@@ -85,24 +85,42 @@ def bench_notebook(path: Path) -> dict:
 
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
-            self._kernel_spec = KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                                           display_name="Python 3", language="python")
+            self._kernel_spec = KernelSpec(
+                argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                display_name="Python 3",
+                language="python",
+            )
 
     nb = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory() as work:
-        client = NotebookClient(nb, timeout=600, kernel_name="python3", kernel_manager_class=ThisInterpreter,
-                                resources={"metadata": {"path": work}})
+        client = NotebookClient(
+            nb,
+            timeout=600,
+            kernel_name="python3",
+            kernel_manager_class=ThisInterpreter,
+            resources={"metadata": {"path": work}},
+        )
         start = time.perf_counter()
         with client.setup_kernel():
             with PeakRSS(client.km.provisioner.process.pid) as memory:
                 for index, cell in enumerate(nb.cells):
                     client.execute_cell(cell, index)
         seconds = time.perf_counter() - start
-    errors = [o.get("ename") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = [
+        o.get("ename")
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     target_s, target_mb = NOTEBOOK_TARGETS.get(path.parent.name, (None, None))
-    return {"seconds": round(seconds, 1), "peak_mb": round(memory.peak / MB), "errors": errors,
-            "target_seconds": target_s, "target_mb": target_mb}
+    return {
+        "seconds": round(seconds, 1),
+        "peak_mb": round(memory.peak / MB),
+        "errors": errors,
+        "target_seconds": target_s,
+        "target_mb": target_mb,
+    }
 
 
 def bench_recipe(name: str) -> dict:
@@ -110,8 +128,12 @@ def bench_recipe(name: str) -> dict:
 
     with tempfile.TemporaryDirectory() as zoo:
         _, card, seconds = recipes.build(name, progress=False, zoo_dir=zoo)
-    return {"seconds": round(seconds, 1), "train_loop_seconds": card["train_seconds"], "metrics": card["metrics"],
-            "target_seconds": RECIPE_TARGETS.get(name)}
+    return {
+        "seconds": round(seconds, 1),
+        "train_loop_seconds": card["train_seconds"],
+        "metrics": card["metrics"],
+        "target_seconds": RECIPE_TARGETS.get(name),
+    }
 
 
 def bench_grading(chapter: str, copies: int, notebook_seconds: float | None) -> dict:
@@ -130,14 +152,19 @@ def bench_grading(chapter: str, copies: int, notebook_seconds: float | None) -> 
             report = grade.grade(chapter, [downloads], Path(tmp) / f"out-{jobs}", jobs=jobs, course_dir=ROOT)
             seconds = time.perf_counter() - start
             full = sum(r.auto_score == r.max_auto_score for r in report.students)
-            out[f"jobs{jobs}"] = {"seconds": round(seconds, 1), "per_submission": round(seconds / copies, 2),
-                                  "full_marks": full}
+            out[f"jobs{jobs}"] = {
+                "seconds": round(seconds, 1),
+                "per_submission": round(seconds / copies, 2),
+                "full_marks": full,
+            }
             print(f"grading {chapter} x{copies} with --jobs {jobs}: {seconds:.0f} s, {full} full marks", flush=True)
     out["speedup_2_over_1"] = round(out["jobs1"]["seconds"] / out["jobs2"]["seconds"], 2)
     if notebook_seconds:
         out["per_submission_over_notebook_jobs1"] = round(out["jobs1"]["per_submission"] / notebook_seconds, 2)
-    out["targets"] = {"per_submission_over_notebook_jobs1": GRADING_OVERHEAD_TARGET,
-                      "speedup_2_over_1": GRADING_SPEEDUP_TARGET}
+    out["targets"] = {
+        "per_submission_over_notebook_jobs1": GRADING_OVERHEAD_TARGET,
+        "speedup_2_over_1": GRADING_SPEEDUP_TARGET,
+    }
     return out
 
 
@@ -150,57 +177,92 @@ def bench_in_notebook_grokking() -> dict:
     from mechinterp_course.grokking import reference
 
     config = dataclasses.replace(grokking.CHAPTER_CONFIG, steps=1000)
-    run = grokking.train_grokking(config, reference.loss_at_equals, reference.split_indices, progress=False,
-                                  stop_after_solved=100)
+    run = grokking.train_grokking(
+        config, reference.loss_at_equals, reference.split_indices, progress=False, stop_after_solved=100
+    )
     train_at, test_at = reference.grok_steps(run.history)
-    return {"seconds": round(run.seconds, 1), "steps": run.history[-1]["step"] + 1,
-            "step_99_train": train_at, "step_99_test": test_at,
-            "final_test_accuracy": run.history[-1].get("test_accuracy"), "target_seconds": 60}
+    return {
+        "seconds": round(run.seconds, 1),
+        "steps": run.history[-1]["step"] + 1,
+        "step_99_train": train_at,
+        "step_99_test": test_at,
+        "final_test_accuracy": run.history[-1].get("test_accuracy"),
+        "target_seconds": 60,
+    }
 
 
 def machine() -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, torch {torch.__version__}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, torch "
+        f"{torch.__version__}"
+    )
 
 
 def write_markdown(results: dict) -> None:
-    lines = ["# Benchmark results", "", f"Measured {results['date']} on: {results['machine']}.",
-             "Re-run with `./course bench`; method in `benchmarks/run_benchmarks.py`.", "",
-             "| what | wall time (s) | target (s) | peak memory (MB) | target (MB) |", "|---|---|---|---|---|"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {results['date']} on: {results['machine']}.",
+        "Re-run with `./course bench`; method in `benchmarks/run_benchmarks.py`.",
+        "",
+        "| what | wall time (s) | target (s) | peak memory (MB) | target (MB) |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in results.get("notebooks", {}).items():
-        lines.append(f"| notebook {name} | {r['seconds']} | {r['target_seconds']} | {r['peak_mb']} | {r['target_mb']} |")
+        lines.append(
+            f"| notebook {name} | {r['seconds']} | {r['target_seconds']} | {r['peak_mb']} | {r['target_mb']} |"
+        )
     for name, r in results.get("recipes", {}).items():
-        lines.append(f"| recipe {name} (whole build / training loop) | {r['seconds']} / {r['train_loop_seconds']} | "
-                     f"{r['target_seconds']} | | |")
+        lines.append(
+            f"| recipe {name} (whole build / training loop) | {r['seconds']} / {r['train_loop_seconds']} | "
+            f"{r['target_seconds']} | | |"
+        )
     for name, r in results.get("grading", {}).items():
         ratio = r.get("per_submission_over_notebook_jobs1")
-        lines.append(f"| grading {r['copies']} copies of {name} with --jobs 1: {r['jobs1']['per_submission']} s per "
-                     f"submission, {ratio}x the notebook's own {r['notebook_seconds']} s (target "
-                     f"{GRADING_OVERHEAD_TARGET}x) | {r['jobs1']['seconds']} | | | |")
-        lines.append(f"| grading {r['copies']} copies of {name} with --jobs 2: {r['speedup_2_over_1']}x faster than "
-                     f"--jobs 1 (target {GRADING_SPEEDUP_TARGET}x) | {r['jobs2']['seconds']} | | | |")
+        lines.append(
+            f"| grading {r['copies']} copies of {name} with --jobs 1: {r['jobs1']['per_submission']} s per "
+            f"submission, {ratio}x the notebook's own {r['notebook_seconds']} s (target "
+            f"{GRADING_OVERHEAD_TARGET}x) | {r['jobs1']['seconds']} | | | |"
+        )
+        lines.append(
+            f"| grading {r['copies']} copies of {name} with --jobs 2: {r['speedup_2_over_1']}x faster than "
+            f"--jobs 1 (target {GRADING_SPEEDUP_TARGET}x) | {r['jobs2']['seconds']} | | | |"
+        )
     for name, r in results.get("in_notebook", {}).items():
-        lines.append(f"| in-notebook training, {name} ({r['steps']} steps; 99% test accuracy at step "
-                     f"{r['step_99_test']}) | {r['seconds']} | {r['target_seconds']} | | |")
+        lines.append(
+            f"| in-notebook training, {name} ({r['steps']} steps; 99% test accuracy at step "
+            f"{r['step_99_test']}) | {r['seconds']} | {r['target_seconds']} | | |"
+        )
     from mechinterp_course import models
 
     for name in models.list_zoo():
         card = models.card(name)
-        lines.append(f"| zoo {name}: training time recorded in its card ({card.get('trained_on')}) | "
-                     f"{card.get('train_seconds')} | | | |")
+        lines.append(
+            f"| zoo {name}: training time recorded in its card ({card.get('trained_on')}) | "
+            f"{card.get('train_seconds')} | | | |"
+        )
     RESULTS_MD.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["notebooks", "recipes", "grading"])
-    parser.add_argument("--grading-chapter", default="01_circuits", metavar="CHAPTER",
-                        help="the chapter whose solution notebook the grading benchmark grades (default: 01_circuits)")
+    parser.add_argument(
+        "--grading-chapter",
+        default="01_circuits",
+        metavar="CHAPTER",
+        help="the chapter whose solution notebook the grading benchmark grades (default: 01_circuits)",
+    )
     parser.add_argument("--copies", type=int, default=30, help="submissions in the grading benchmark (default: 30)")
-    parser.add_argument("--recipe", action="append", metavar="NAME",
-                        help="time this recipe (repeatable; default: the recipes with a target, the quick ones)")
+    parser.add_argument(
+        "--recipe",
+        action="append",
+        metavar="NAME",
+        help="time this recipe (repeatable; default: the recipes with a target, the quick ones)",
+    )
     args = parser.parse_args()
-    results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine()}
+    results = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine()}
     if args.only in (None, "notebooks"):
         results["notebooks"] = {}
         for path in sorted((ROOT / "solutions").glob("*/*.ipynb")):
@@ -221,7 +283,7 @@ def main() -> None:
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     if args.only == "grading":
         chapter = args.grading_chapter
-        seconds = (results.get("notebooks", {}).get(chapter) or previous.get("notebooks", {}).get(chapter) or {})
+        seconds = results.get("notebooks", {}).get(chapter) or previous.get("notebooks", {}).get(chapter) or {}
         results["grading"] = {chapter: bench_grading(chapter, args.copies, seconds.get("seconds"))}
     for key in ("notebooks", "recipes", "in_notebook", "grading"):
         results[key] = {**previous.get(key, {}), **results.get(key, {})}

@@ -163,8 +163,11 @@ def save_snapshots(snapshots: dict[int, dict[str, torch.Tensor]], name: str, zoo
 
     weights_path, _ = _paths(name, zoo_dir)
     path = weights_path.with_name(f"{name}.snapshots.safetensors")
-    flat = {f"{step:06d}/{key}": value.detach().to(torch.float16).contiguous()
-            for step, state in snapshots.items() for key, value in state.items()}
+    flat = {
+        f"{step:06d}/{key}": value.detach().to(torch.float16).contiguous()
+        for step, state in snapshots.items()
+        for key, value in state.items()
+    }
     save_file(flat, str(path), metadata={"name": name})
     return path
 

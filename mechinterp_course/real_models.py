@@ -17,8 +17,9 @@ code) so that this path can be tested, and tried in class, with no network: ``lo
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -81,15 +82,18 @@ def load_pretrained(name: str | Path = DEFAULT_MODEL, device: str | None = None,
     is_local = local.is_dir()
     looks_like_path = str(name).startswith((".", "/", "~")) or isinstance(name, Path)
     if looks_like_path and not is_local:
-        raise PretrainedUnavailableError(f"load_pretrained({str(name)!r}): no such folder. A local model is a folder "
-                                         f"with config.json, the weights and a tokenizer.")
+        raise PretrainedUnavailableError(
+            f"load_pretrained({str(name)!r}): no such folder. A local model is a folder "
+            f"with config.json, the weights and a tokenizer."
+        )
     source = str(local) if is_local else str(name)
     try:
         with _progress_bars(enabled=not is_local):
             model = TransformerBridge.boot_transformers(source, device=device, **kwargs)
     except OSError as error:  # transformers / huggingface_hub raise OSError subclasses when they cannot fetch
-        raise PretrainedUnavailableError(f"load_pretrained({source!r}) {OFFLINE_HINT}. "
-                                         f"The underlying error was: {error}") from error
+        raise PretrainedUnavailableError(
+            f"load_pretrained({source!r}) {OFFLINE_HINT}. The underlying error was: {error}"
+        ) from error
     model.eval()
     return model
 
@@ -98,8 +102,9 @@ def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's map from each byte to a printable character (so that a byte-level vocabulary is plain strings).
 
     Printable Latin-1 bytes map to themselves; the rest to code points from 256 upwards, in byte order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = {}
     extra = 0
     for byte in range(256):
@@ -123,8 +128,14 @@ def tiny_tokenizer():
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))  # no merges: every byte is its own token
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT,
-                                   unk_token=END_OF_TEXT, pad_token=END_OF_TEXT, name_or_path="tiny-gpt2")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=END_OF_TEXT,
+        eos_token=END_OF_TEXT,
+        unk_token=END_OF_TEXT,
+        pad_token=END_OF_TEXT,
+        name_or_path="tiny-gpt2",
+    )
 
 
 def make_tiny_gpt2(path: str | Path, seed: int = 0) -> Path:
@@ -138,9 +149,19 @@ def make_tiny_gpt2(path: str | Path, seed: int = 0) -> Path:
     folder = Path(path).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     end_of_text = TINY_VOCAB_SIZE - 1
-    config = GPT2Config(vocab_size=TINY_VOCAB_SIZE, n_positions=TINY_N_POSITIONS, n_embd=TINY_N_EMBD,
-                        n_layer=TINY_N_LAYER, n_head=TINY_N_HEAD, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        bos_token_id=end_of_text, eos_token_id=end_of_text, pad_token_id=end_of_text)
+    config = GPT2Config(
+        vocab_size=TINY_VOCAB_SIZE,
+        n_positions=TINY_N_POSITIONS,
+        n_embd=TINY_N_EMBD,
+        n_layer=TINY_N_LAYER,
+        n_head=TINY_N_HEAD,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=end_of_text,
+        eos_token_id=end_of_text,
+        pad_token_id=end_of_text,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config).eval()

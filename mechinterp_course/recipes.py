@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,11 @@ def train_induction_2l(seed: int = 0, progress: bool = True, steps: int | None =
     def batch_fn(step: int) -> torch.Tensor:
         # Data seeds are offset from the model seed so that data and weights never share a random stream.
         return tasks.periodic_tokens(
-            spec["batch"], spec["seq_len"], INDUCTION_CONFIG.d_vocab, spec["min_period"], spec["max_period"],
+            spec["batch"],
+            spec["seq_len"],
+            INDUCTION_CONFIG.d_vocab,
+            spec["min_period"],
+            spec["max_period"],
             seed=1_000_003 * (seed + 1) + step,
         )
 
@@ -85,14 +89,20 @@ def train_induction_2l(seed: int = 0, progress: bool = True, steps: int | None =
         model,
         batch_fn,
         lambda m, tokens: next_token_loss(m(tokens), tokens),
-        TrainConfig(steps=spec["steps"], lr=spec["lr"], weight_decay=spec["weight_decay"], eval_every=100,
-                    progress=progress, description="induction-2l"),
+        TrainConfig(
+            steps=spec["steps"],
+            lr=spec["lr"],
+            weight_decay=spec["weight_decay"],
+            eval_every=100,
+            progress=progress,
+            description="induction-2l",
+        ),
         eval_fn=lambda m: {"max_induction_score": induction_metrics(m)["max_induction_score"]},
     )
     card = {
         "recipe": "induction-2l",
         "description": "2-layer attention-only transformer trained on random spans tiled to length 64; "
-                       "token 0 is BOS. Forms a previous-token head (layer 0) and induction heads (layer 1).",
+        "token 0 is BOS. Forms a previous-token head (layer 0) and induction heads (layer 1).",
         "config": models.config_dict(INDUCTION_CONFIG),
         "seed": seed,
         "training": dict(spec, optimizer="AdamW", data="tasks.periodic_tokens"),
@@ -122,11 +132,29 @@ def build(name: str, seed: int = 0, progress: bool = True, zoo_dir=None, **overr
 
 MODADD_P = 113
 MODADD_CONFIG = models.ModelConfig(
-    n_layers=1, d_model=128, n_heads=4, d_head=32, d_mlp=512, d_vocab=MODADD_P + 1, d_vocab_out=MODADD_P,
-    n_ctx=3, attn_only=False, act_fn="relu", normalization_type=None,
+    n_layers=1,
+    d_model=128,
+    n_heads=4,
+    d_head=32,
+    d_mlp=512,
+    d_vocab=MODADD_P + 1,
+    d_vocab_out=MODADD_P,
+    n_ctx=3,
+    attn_only=False,
+    act_fn="relu",
+    normalization_type=None,
 )
-MODADD_TRAIN = dict(train_fraction=0.3, data_seed=598, steps=15_000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98),
-                    warmup_steps=10, log_every=10, snapshot_every=500)
+MODADD_TRAIN = dict(
+    train_fraction=0.3,
+    data_seed=598,
+    steps=15_000,
+    lr=1e-3,
+    weight_decay=1.0,
+    betas=(0.9, 0.98),
+    warmup_steps=10,
+    log_every=10,
+    snapshot_every=500,
+)
 
 
 def modadd_loss(model, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -149,8 +177,10 @@ def modadd_metrics(model, data=None) -> dict[str, float]:
     data = modadd_data() if data is None else data
     out = {}
     with torch.no_grad():
-        for split, tokens, labels in [("train", data.train_tokens, data.train_labels),
-                                      ("test", data.test_tokens, data.test_labels)]:
+        for split, tokens, labels in [
+            ("train", data.train_tokens, data.train_labels),
+            ("test", data.test_tokens, data.test_labels),
+        ]:
             logits = model(tokens)
             out[f"{split}_loss"] = float(reference.loss_at_equals(logits, labels))
             out[f"{split}_accuracy"] = float((logits[:, -1].argmax(-1) == labels).double().mean())
@@ -185,35 +215,55 @@ def train_modadd_113(seed: int = 0, progress: bool = True, steps: int | None = N
         model,
         lambda step: (data.train_tokens, data.train_labels),
         lambda m, batch: modadd_loss(m, *batch),
-        TrainConfig(steps=spec["steps"], lr=spec["lr"], weight_decay=spec["weight_decay"], betas=spec["betas"],
-                    warmup_steps=spec["warmup_steps"], eval_every=spec["log_every"],
-                    snapshot_every=spec["snapshot_every"], progress=progress, description="modadd-113"),
+        TrainConfig(
+            steps=spec["steps"],
+            lr=spec["lr"],
+            weight_decay=spec["weight_decay"],
+            betas=spec["betas"],
+            warmup_steps=spec["warmup_steps"],
+            eval_every=spec["log_every"],
+            snapshot_every=spec["snapshot_every"],
+            progress=progress,
+            description="modadd-113",
+        ),
         eval_fn=lambda m: modadd_metrics(m, data),
     )
     keys = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
     log = [{"step": row["step"], **{key: _significant(row[key]) for key in keys}} for row in result.log]
     _, grokked_at = reference.grok_steps(log, grokking.SOLVED_ACCURACY)
     key_freqs = grokking.key_frequencies(reference.frequency_norms(model.W_E[:MODADD_P].detach(), MODADD_P))
-    functions = grokking.MeasureFunctions(reference.frequency_norms, reference.gini, reference.restricted_loss,
-                                          reference.excluded_loss, reference.sum_of_squared_weights)
-    measures = grokking.trajectory_measures(result.snapshots, MODADD_CONFIG, seed, data, key_freqs, functions,
-                                            progress=progress)
+    functions = grokking.MeasureFunctions(
+        reference.frequency_norms,
+        reference.gini,
+        reference.restricted_loss,
+        reference.excluded_loss,
+        reference.sum_of_squared_weights,
+    )
+    measures = grokking.trajectory_measures(
+        result.snapshots, MODADD_CONFIG, seed, data, key_freqs, functions, progress=progress
+    )
     card = {
         "recipe": "modadd-113",
         "description": "One-layer ReLU transformer on (a + b) mod 113, 30% of pairs for training, full-batch AdamW "
-                       "with weight decay 1: the setup of Nanda et al. (2023), 'Progress measures for grokking'.",
+        "with weight decay 1: the setup of Nanda et al. (2023), 'Progress measures for grokking'.",
         "config": models.config_dict(MODADD_CONFIG),
         "seed": seed,
-        "training": dict(spec, optimizer="AdamW", loss="cross-entropy at '=' in float64", data="tasks.modular_addition",
-                         n_train=len(data.train_labels)),
+        "training": dict(
+            spec,
+            optimizer="AdamW",
+            loss="cross-entropy at '=' in float64",
+            data="tasks.modular_addition",
+            n_train=len(data.train_labels),
+        ),
         "train_seconds": round(result.seconds, 1),
         "trained_on": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "metrics": modadd_metrics(model, data),
         "grokked_at_step": grokked_at,
         "key_frequencies": key_freqs,
         "accuracy_at_snapshots": _accuracy_curve(result.snapshots, data),
-        "progress_measures": [{key: (_significant(value) if key != "step" else value) for key, value in row.items()}
-                              for row in measures],
+        "progress_measures": [
+            {key: (_significant(value) if key != "step" else value) for key, value in row.items()} for row in measures
+        ],
         "log": log,
     }
     model.snapshots = result.snapshots  # written beside the checkpoint by save_snapshots
@@ -227,6 +277,11 @@ def _accuracy_curve(snapshots: dict, data) -> list[dict]:
     for step in sorted(snapshots):
         model.load_state_dict(snapshots[step])
         metrics = modadd_metrics(model, data)
-        rows.append({"step": step, "train_accuracy": round(metrics["train_accuracy"], 5),
-                     "test_accuracy": round(metrics["test_accuracy"], 5)})
+        rows.append(
+            {
+                "step": step,
+                "train_accuracy": round(metrics["train_accuracy"], 5),
+                "test_accuracy": round(metrics["test_accuracy"], 5),
+            }
+        )
     return rows

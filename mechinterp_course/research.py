@@ -28,8 +28,8 @@ import numbers
 import operator
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 SCORE_KEYS = ("low_hanging_fruit", "excitement", "difficulty")
@@ -51,6 +51,7 @@ DEFAULT_SCORES_FILE = "mechinterp_scores.json"
 SCORES_ENV_VAR = "MECHINTERP_SCORES"
 #: How a missing deck score is shown in tables and beside the sliders.
 MISSING = "\u2014"
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -110,11 +111,15 @@ AREAS: dict[str, Area] = {
         scores=Scores(low_hanging_fruit=2, excitement=2, difficulty=4),
         score_quote="LHF 2/10, Excitement 2/10, Difficulty 4/10",
         score_slide=25,
-        summary=("Arguably, the point of doing a bunch of circuit analyses on a bunch of models is to gather data on "
-                 "the typical phenomena you’ll encounter"),
-        advice=("We’re done doing random circuit analyses IMO. If you still want to do circuit analysis, you should "
-                "explicitly be looking for counterexamples, which takes a more conceptually motivated approach (e.g. "
-                "inspired by specifics of the architecture)"),
+        summary=(
+            "Arguably, the point of doing a bunch of circuit analyses on a bunch of models is to gather data on "
+            "the typical phenomena you’ll encounter"
+        ),
+        advice=(
+            "We’re done doing random circuit analyses IMO. If you still want to do circuit analysis, you should "
+            "explicitly be looking for counterexamples, which takes a more conceptually motivated approach (e.g. "
+            "inspired by specifics of the architecture)"
+        ),
         remark="Far too many people",
         main_work=(
             "pronoun selection",
@@ -136,9 +141,11 @@ AREAS: dict[str, Area] = {
         scores=Scores(low_hanging_fruit=6, excitement=4, difficulty=5),
         score_quote="LHF 6/10, excitement 4/10, difficulty 5/10",
         score_slide=31,
-        summary=("Main idea: 100% test solution means a plausibly clean ground truth exists, and it’s tractable to "
-                 "fully reverse engineer it (still extremely hard). Secondary idea: studying the nature of phase "
-                 "transitions."),
+        summary=(
+            "Main idea: 100% test solution means a plausibly clean ground truth exists, and it’s tractable to "
+            "fully reverse engineer it (still extremely hard). Secondary idea: studying the nature of phase "
+            "transitions."
+        ),
         advice=(
             "Think “counterexamples in topology”\n"
             "Constructing counterintuitive toy models is the most useful work in this area TBH"
@@ -175,9 +182,11 @@ AREAS: dict[str, Area] = {
         scores=Scores(low_hanging_fruit=10, excitement=6, difficulty=9),
         score_quote="LHF 10/10, excitement 6/10, difficulty 9/10",
         score_slide=40,
-        summary=("Main idea: Lets us decompose arbitrary activation spaces into a combination of few feature "
-                 "directions. Sparsity makes doing interp with this realistic. Good sparsity (kind of) implies "
-                 "interpretability"),
+        summary=(
+            "Main idea: Lets us decompose arbitrary activation spaces into a combination of few feature "
+            "directions. Sparsity makes doing interp with this realistic. Good sparsity (kind of) implies "
+            "interpretability"
+        ),
         advice=(
             "have a plan beyond “train SAEs” and “improve automated circuit discovery”\n"
             "DON’T rely on existing mech interp literature: it was built for a world without SAEs\n"
@@ -239,9 +248,11 @@ AREAS: dict[str, Area] = {
         scores=Scores(low_hanging_fruit=None, excitement=None, difficulty=None),
         score_quote=None,
         score_slide=None,
-        summary=("Attention superposition occurs when several heads’ QK circuits learn to form destructive interference "
-                 "patterns with each other to encode hierarchical dependencies, so that the OV maps aren’t actually "
-                 "effectively linear"),
+        summary=(
+            "Attention superposition occurs when several heads’ QK circuits learn to form destructive interference "
+            "patterns with each other to encode hierarchical dependencies, so that the OV maps aren’t actually "
+            "effectively linear"
+        ),
         advice=None,
         remark="Why is it so hard? Because we don’t actually know what an “attention feature” is",
         main_work=(
@@ -306,17 +317,19 @@ def _score_value(key: str, value: Any) -> int:
     if value is None:
         raise ValueError(f"{key!r} is None: replace the None with your score from {MIN_SCORE} to {MAX_SCORE}.")
     if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):  # True is an int in Python; never a score
-        raise TypeError(f"{key!r} is {value!r}: a score is a whole number from {MIN_SCORE} to {MAX_SCORE}, "
-                        f"not a bool.")
+        raise TypeError(f"{key!r} is {value!r}: a score is a whole number from {MIN_SCORE} to {MAX_SCORE}, not a bool.")
     try:
         number = operator.index(value)  # int, numpy integers, integer 0-d tensors
     except TypeError:
         if not isinstance(value, numbers.Real):
-            raise TypeError(f"{key!r} is {value!r} ({type(value).__name__}): a score is a whole number from "
-                            f"{MIN_SCORE} to {MAX_SCORE}.") from None
+            raise TypeError(
+                f"{key!r} is {value!r} ({type(value).__name__}): a score is a whole number from "
+                f"{MIN_SCORE} to {MAX_SCORE}."
+            ) from None
         if not float(value).is_integer():
-            raise ValueError(f"{key!r} is {value!r}: scores are whole numbers from {MIN_SCORE} to {MAX_SCORE}; "
-                             f"round it.") from None
+            raise ValueError(
+                f"{key!r} is {value!r}: scores are whole numbers from {MIN_SCORE} to {MAX_SCORE}; round it."
+            ) from None
         number = int(value)
     if not MIN_SCORE <= number <= MAX_SCORE:
         raise ValueError(f"{key!r} is {number}: scores go from {MIN_SCORE} to {MAX_SCORE}.")
@@ -332,8 +345,9 @@ def validate_scores(scores: Any) -> dict[str, int]:
     TypeError, ``None`` (a score not filled in yet) a ValueError. Every message names the key at fault.
     """
     if not isinstance(scores, Mapping):
-        raise TypeError(f"scores should be a dict with the keys {', '.join(map(repr, SCORE_KEYS))}, got "
-                        f"{type(scores).__name__}.")
+        raise TypeError(
+            f"scores should be a dict with the keys {', '.join(map(repr, SCORE_KEYS))}, got {type(scores).__name__}."
+        )
     extra = [key for key in scores if key not in SCORE_KEYS]
     if extra:
         hints = []
@@ -343,8 +357,9 @@ def validate_scores(scores: Any) -> dict[str, int]:
         raise ValueError(f"unknown score key {', '.join(hints)}: the keys are {', '.join(map(repr, SCORE_KEYS))}.")
     missing = [key for key in SCORE_KEYS if key not in scores]
     if missing:
-        raise ValueError(f"missing score {', '.join(map(repr, missing))}: give all of "
-                         f"{', '.join(map(repr, SCORE_KEYS))}.")
+        raise ValueError(
+            f"missing score {', '.join(map(repr, missing))}: give all of {', '.join(map(repr, SCORE_KEYS))}."
+        )
     return {key: _score_value(key, scores[key]) for key in SCORE_KEYS}
 
 
@@ -371,18 +386,24 @@ def load_scores(path: str | Path | None = None) -> dict[str, dict[str, int]]:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ScoresFileError(f"the saved scores in {file} are not valid JSON ({error}). Fix the file or delete it "
-                              f"(you will lose the scores saved in it), then save again.") from error
+        raise ScoresFileError(
+            f"the saved scores in {file} are not valid JSON ({error}). Fix the file or delete it "
+            f"(you will lose the scores saved in it), then save again."
+        ) from error
     if not isinstance(data, dict):
-        raise ScoresFileError(f"the saved scores in {file} should be a JSON object {{area: scores}}, got "
-                              f"{type(data).__name__}. Fix the file or delete it, then save again.")
+        raise ScoresFileError(
+            f"the saved scores in {file} should be a JSON object {{area: scores}}, got "
+            f"{type(data).__name__}. Fix the file or delete it, then save again."
+        )
     loaded = {}
     for area, area_scores in data.items():
         try:
             loaded[area] = validate_scores(area_scores)
         except (TypeError, ValueError) as error:
-            raise ScoresFileError(f"the saved scores in {file} for {area!r} are invalid: {error} Fix the file or "
-                                  f"delete it, then save again.") from error
+            raise ScoresFileError(
+                f"the saved scores in {file} for {area!r} are invalid: {error} Fix the file or "
+                f"delete it, then save again."
+            ) from error
     return loaded
 
 
@@ -423,9 +444,11 @@ def score_widget(area: str, path: str | Path | None = None):
     try:
         import ipywidgets as widgets
     except ImportError as error:
-        raise ImportError("score_widget needs ipywidgets (`pip install ipywidgets`, part of the course's "
-                          "dependencies). Without it, write your scores in a dict and call "
-                          "research.save_scores(area, scores).") from error
+        raise ImportError(
+            "score_widget needs ipywidgets (`pip install ipywidgets`, part of the course's "
+            "dependencies). Without it, write your scores in a dict and call "
+            "research.save_scores(area, scores)."
+        ) from error
 
     info = AREAS[area]
     file = scores_path(path)
@@ -437,14 +460,21 @@ def score_widget(area: str, path: str | Path | None = None):
         output.append_stderr(f"{error}\n")
     sliders, rows = {}, []
     for key in SCORE_KEYS:
-        slider = widgets.IntSlider(value=start.get(key, SLIDER_START), min=MIN_SCORE, max=MAX_SCORE, step=1,
-                                   description=SCORE_LABELS[key], tooltip=SCORE_QUESTIONS[key],
-                                   style={"description_width": "initial"},
-                                   layout=widgets.Layout(width="420px"))
+        slider = widgets.IntSlider(
+            value=start.get(key, SLIDER_START),
+            min=MIN_SCORE,
+            max=MAX_SCORE,
+            step=1,
+            description=SCORE_LABELS[key],
+            tooltip=SCORE_QUESTIONS[key],
+            style={"description_width": "initial"},
+            layout=widgets.Layout(width="420px"),
+        )
         sliders[key] = slider
         rows.append(widgets.HBox([slider, widgets.Label(_deck_label(getattr(info.scores, key)))]))
-    save_button = widgets.Button(description="Save", button_style="primary", icon="save",
-                                 tooltip=f"save your scores for {info.title} to {file}")
+    save_button = widgets.Button(
+        description="Save", button_style="primary", icon="save", tooltip=f"save your scores for {info.title} to {file}"
+    )
 
     def save(_button=None) -> None:
         output.outputs = ()
@@ -488,8 +518,9 @@ def score_table(area_or_areas: str | Sequence[str], my_scores: Mapping[str, Any]
         areas = [_check_area(area) for area in area_or_areas]
         mine_by_area = my_scores or {}
         if not isinstance(mine_by_area, Mapping):
-            raise TypeError(f"with a list of areas, my_scores should be a dict {{area: scores}}, got "
-                            f"{type(mine_by_area).__name__}.")
+            raise TypeError(
+                f"with a list of areas, my_scores should be a dict {{area: scores}}, got {type(mine_by_area).__name__}."
+            )
     rows = {}
     for area in areas:
         deck = AREAS[area].scores.as_dict()

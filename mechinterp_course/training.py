@@ -67,8 +67,9 @@ def train(
     - ``eval_fn(model)`` returns metrics, called under ``no_grad`` on every logged step;
     - ``callback(step, row)`` sees every logged row and returns True to stop.
     """
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                  betas=config.betas)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas
+    )
     scheduler = None
     if config.warmup_steps:
         scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -104,5 +104,7 @@ def no_network(request, monkeypatch):
     seen = _attempts + _kernel_attempts_since(offset)
     _attempts.clear()
     if seen and not expected:
-        pytest.fail("network access was attempted (refused, but it must not happen offline):\n  " + "\n  ".join(seen),
-                    pytrace=False)
+        pytest.fail(
+            "network access was attempted (refused, but it must not happen offline):\n  " + "\n  ".join(seen),
+            pytrace=False,
+        )

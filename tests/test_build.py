@@ -77,8 +77,10 @@ def test_check_built_finds_a_stale_chapter(course):
 
 def test_committed_chapters_match_a_fresh_build():
     stale = notebooks.check_built(ROOT)
-    assert not stale, (f"chapters/ or a reference module is out of date for {stale}: run "
-                       f"`.venv/bin/mechinterp-course build` and commit")
+    assert not stale, (
+        f"chapters/ or a reference module is out of date for {stale}: run "
+        f"`.venv/bin/mechinterp-course build` and commit"
+    )
 
 
 def test_resolve_chapter_and_course_dir(course, monkeypatch):
@@ -161,10 +163,13 @@ def test_build_exports_the_reference_from_the_solution_notebook(course):
     exec(compile(text, str(reference), "exec"), namespace)
     assert namespace["__all__"] == ["composition_score", "normalised_metric"]
     assert namespace["normalised_metric"](3.0, 5.0, 1.0) == 0.5
-    assert "Defined in solutions/01_circuits/01_circuits.ipynb, exercise 7.2." in \
-        namespace["composition_score"].__doc__
-    assert namespace["EXERCISES"] == {"composition_score": "7.2", "normalised_metric": "5.1",
-                                      "circuit_studies": "8.1", "my_scores": "10.1"}
+    assert "Defined in solutions/01_circuits/01_circuits.ipynb, exercise 7.2." in namespace["composition_score"].__doc__
+    assert namespace["EXERCISES"] == {
+        "composition_score": "7.2",
+        "normalised_metric": "5.1",
+        "circuit_studies": "8.1",
+        "my_scores": "10.1",
+    }
     # The quiz's answers are exported as digests only.
     from mechinterp_course.checking import answer_key
 
@@ -186,11 +191,14 @@ def test_an_exported_function_may_not_use_notebook_globals(course):
         notebooks.build(course_dir=course)
 
 
-@pytest.mark.parametrize("source, message", [
-    ("assert add(2, 3) == 5", "may only call check"),
-    ("check.gini(gini(values))", "names or constants"),
-    ("import os\ncheck.gini(gini)", "may only call check"),
-])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("assert add(2, 3) == 5", "may only call check"),
+        ("check.gini(gini(values))", "names or constants"),
+        ("import os\ncheck.gini(gini)", "may only call check"),
+    ],
+)
 def test_test_cells_must_be_plain_check_calls(source, message):
     with pytest.raises(export.ExportError, match=message):
         export.test_cell_calls(source)

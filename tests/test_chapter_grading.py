@@ -34,28 +34,36 @@ WRONG_ANSWERS = {
         "    activations = activation_fn(images)\n"
         "    order = torch.sort(activations).indices[-k:]  # the k largest, but smallest first\n"
         "    return activations[order], order\n",
-        "test-top", "top_activating_examples"),
+        "test-top",
+        "top_activating_examples",
+    ),
     "01_circuits": (
         "ex-composition",
         "@exercise\ndef composition_score(W_A, W_B):\n"
         "    return (W_A @ W_B).norm(dim=(-2, -1)) / W_A.norm(dim=(-2, -1))  # forgot to divide by ||W_B||\n",
-        "test-composition", "composition_score"),
+        "test-composition",
+        "composition_score",
+    ),
     "02_grokking": (
         "ex-ssw",
         "@exercise\ndef sum_of_squared_weights(model):\n"
         "    return sum(p.detach().pow(2).sum() for n, p in model.named_parameters() if 'weight' in n)  # no biases\n",
-        "test-ssw", "sum_of_squared_weights"),
+        "test-ssw",
+        "sum_of_squared_weights",
+    ),
 }
 #: Code that silences every error in the kernel, and code that replaces every check with one that passes.
 SILENCE = "get_ipython().showtraceback = lambda *args, **kwargs: None"
-REBIND = ("import importlib\n"
-          "checks_module = importlib.import_module('mechinterp_course.{package}.checks')\n"
-          "passed = lambda *args, **kwargs: print('\\u2705 correct')\n"
-          "for name in list(vars(checks_module)):\n"
-          "    setattr(checks_module, name, passed)\n"
-          "for name in dir(check):\n"
-          "    if not name.startswith('_'):\n"
-          "        setattr(check, name, passed)")
+REBIND = (
+    "import importlib\n"
+    "checks_module = importlib.import_module('mechinterp_course.{package}.checks')\n"
+    "passed = lambda *args, **kwargs: print('\\u2705 correct')\n"
+    "for name in list(vars(checks_module)):\n"
+    "    setattr(checks_module, name, passed)\n"
+    "for name in dir(check):\n"
+    "    if not name.startswith('_'):\n"
+    "        setattr(check, name, passed)"
+)
 
 pytestmark = pytest.mark.slow
 
@@ -66,8 +74,11 @@ def _meta(cell) -> dict:
 
 def _autograded(nb) -> dict[str, float]:
     """grade_id -> points of every autograded (code) test cell."""
-    return {_meta(c)["grade_id"]: _meta(c)["points"] for c in nb.cells
-            if c.cell_type == "code" and _meta(c).get("grade") and not _meta(c).get("solution")}
+    return {
+        _meta(c)["grade_id"]: _meta(c)["points"]
+        for c in nb.cells
+        if c.cell_type == "code" and _meta(c).get("grade") and not _meta(c).get("solution")
+    }
 
 
 def _copy(nb):
@@ -85,8 +96,7 @@ def _with_cell(nb, source: str):
 def _reference_everywhere(source_nb, release_nb, package: str):
     """The released notebook with every exercise cell replaced by an import of the chapter's reference answers."""
     nb = _copy(release_nb)
-    solutions = {_meta(c)["grade_id"]: c for c in source_nb.cells
-                 if c.cell_type == "code" and _meta(c).get("solution")}
+    solutions = {_meta(c)["grade_id"]: c for c in source_nb.cells if c.cell_type == "code" and _meta(c).get("solution")}
     for cell in nb.cells:
         grade_id = _meta(cell).get("grade_id")
         if grade_id in solutions:
@@ -111,10 +121,14 @@ def graded(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(chapter)
     downloads = tmp / "downloads"
     downloads.mkdir()
-    submissions = {"solution": source, "blank": release, "wrong": wrong,
-                   "reference": _reference_everywhere(source, release, package),
-                   "rebind": _with_cell(release, REBIND.format(package=package)),
-                   "silenced": _with_cell(release, SILENCE)}
+    submissions = {
+        "solution": source,
+        "blank": release,
+        "wrong": wrong,
+        "reference": _reference_everywhere(source, release, package),
+        "rebind": _with_cell(release, REBIND.format(package=package)),
+        "silenced": _with_cell(release, SILENCE),
+    }
     for student, nb in submissions.items():
         nbformat.write(nb, downloads / f"{student}_{chapter}.ipynb")
     report = grade.grade(chapter, [downloads], tmp / "grading", timeout=CELL_TIMEOUT_S, course_dir=ROOT, jobs=2)
@@ -130,8 +144,13 @@ def test_solution_runs_end_to_end_and_earns_full_marks(graded):
     assert result.auto_score == result.max_auto_score == sum(expected.values())
 
     executed = nbformat.read(report.out_dir / "submitted" / "solution" / chapter / f"{chapter}.ipynb", as_version=4)
-    errors = [(i, o.get("ename"), o.get("evalue")) for i, c in enumerate(executed.cells) if c.cell_type == "code"
-              for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        (i, o.get("ename"), o.get("evalue"))
+        for i, c in enumerate(executed.cells)
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert not errors, errors
     for cell in executed.cells:
         if cell.cell_type == "code" and _meta(cell).get("grade_id") in expected:
@@ -172,7 +191,6 @@ def test_bypasses_earn_nothing_and_are_flagged(graded, student):
 
 def test_the_reference_is_never_in_a_graded_notebook(graded):
     chapter, source, report = graded
-    executed = nbformat.read(report.out_dir / "submitted" / "reference" / chapter / f"{chapter}.ipynb",
-                             as_version=4)
+    executed = nbformat.read(report.out_dir / "submitted" / "reference" / chapter / f"{chapter}.ipynb", as_version=4)
     outputs = json.dumps([c.get("outputs") for c in executed.cells if c.cell_type == "code"])
     assert re.search(r"not available while your notebook is graded", outputs)

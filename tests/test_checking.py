@@ -51,8 +51,11 @@ def honest_previous_token_scores(pattern):
 def test_the_reference_itself_is_refused():
     fails(check.previous_token_scores, reference.previous_token_scores, match="reference implementation")
     # ... and a library function dressed up as the student's (a partial of it).
-    fails(check.previous_token_scores, functools.partial(reference.induction_scores, half_len=2),
-          match="reference implementation")
+    fails(
+        check.previous_token_scores,
+        functools.partial(reference.induction_scores, half_len=2),
+        match="reference implementation",
+    )
 
 
 def _through_a_helper(pattern):
@@ -65,14 +68,18 @@ def _import_inside(pattern):
     return previous_token_scores(pattern)
 
 
-@pytest.mark.parametrize("wrapper", [
-    lambda p: reference.previous_token_scores(p),  # the one-line wrapper
-    lambda p: imported_reference(p),  # the reference imported under another name
-    _import_inside,  # imported inside the function
-    lambda p: _through_a_helper(p),  # through a helper of the student's
-    lambda p: getattr(reference, "previous_token_scores")(p),  # noqa: B009 - by its name as a string
-    lambda p, score=reference.previous_token_scores: score(p),  # as a default argument
-], ids=["attribute", "alias", "import", "helper", "getattr", "default"])
+@pytest.mark.parametrize(
+    "wrapper",
+    [
+        lambda p: reference.previous_token_scores(p),  # the one-line wrapper
+        lambda p: imported_reference(p),  # the reference imported under another name
+        _import_inside,  # imported inside the function
+        lambda p: _through_a_helper(p),  # through a helper of the student's
+        lambda p: getattr(reference, "previous_token_scores")(p),  # noqa: B009 - by its name as a string
+        lambda p, score=reference.previous_token_scores: score(p),  # as a default argument
+    ],
+    ids=["attribute", "alias", "import", "helper", "getattr", "default"],
+)
 def test_a_wrapper_around_the_reference_is_refused(wrapper):
     fails(check.previous_token_scores, wrapper, match="calls the course library's `previous_token_scores`")
 
@@ -89,8 +96,7 @@ def test_a_wrong_wrapper_hears_what_is_wrong_and_a_refusal_does_not_linger(recor
 def test_other_library_helpers_and_the_students_own_names_are_fine(capsys):
     # Another library helper is fine: only the exercise's own reference is refused.
     def uses_a_library_helper(pattern):
-        return circuits.all_head_scores({"blocks.0.attn.hook_pattern": pattern}, 1,
-                                        honest_previous_token_scores)[0]
+        return circuits.all_head_scores({"blocks.0.attn.hook_pattern": pattern}, 1, honest_previous_token_scores)[0]
 
     check.previous_token_scores(uses_a_library_helper)
 
@@ -160,9 +166,12 @@ def test_an_exercise_function_reached_while_checking_is_named(record):
 
     patch = reference.patch_heads
     namespace = {"normalised_metric": normalised_metric, "patch": patch}
-    exec("def patch_heads(model, clean, corrupted, metric):\n"
-         "    normalised_metric(1.0, 2.0, 0.0)\n"
-         "    return patch(model, clean, corrupted, metric) * 0.5\n", namespace)
+    exec(
+        "def patch_heads(model, clean, corrupted, metric):\n"
+        "    normalised_metric(1.0, 2.0, 0.0)\n"
+        "    return patch(model, clean, corrupted, metric) * 0.5\n",
+        namespace,
+    )
     message = fails(check.patch_heads, namespace["patch_heads"], match=NOTE)
     assert "builds on normalised_metric (exercise 5.1)" in message
     assert record.reached is None  # reset once the check is over
@@ -291,6 +300,7 @@ def test_hidden_tests_may_vary_what_the_visible_ones_keep_fixed():
         def score(pattern):
             shapes.setdefault(name, []).append(tuple(pattern.shape))
             return honest_previous_token_scores(pattern)
+
         return score
 
     check.previous_token_scores(spy("visible"))
@@ -307,17 +317,23 @@ def test_hidden_tests_may_vary_what_the_visible_ones_keep_fixed():
 
 def _compare_message(*args, **kwargs):
     with pytest.raises(CheckFailed) as failure, using_record(ExerciseRecord()):
+
         @checking.check("a_test_check", functions=0)
         def probe(_):
             checking.compare(*args, **kwargs)
             return ""
+
         probe(None)
     return str(failure.value)
 
 
 def test_compare_names_entries_by_what_they_are_and_never_prints_an_empty_index():
-    message = _compare_message(torch.tensor([[0.0, 1.0], [2.0, 3.5]]), torch.tensor([[0.0, 1.0], [2.0, 3.0]]),
-                               "the scores", index=checking.layer_head_index)
+    message = _compare_message(
+        torch.tensor([[0.0, 1.0], [2.0, 3.5]]),
+        torch.tensor([[0.0, 1.0], [2.0, 3.0]]),
+        "the scores",
+        index=checking.layer_head_index,
+    )
     assert "1 of 4 values of the scores are wrong" in message and "at L1H1" in message
     assert "3.0" not in message  # the expected value itself is not printed
     scalar = _compare_message(torch.tensor(2.5), torch.tensor(2.0), "the result")

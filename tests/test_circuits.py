@@ -71,10 +71,16 @@ def test_get_attention_pattern(capsys):
     assert capsys.readouterr().out.count("correct") == 2
 
     pattern = own(reference.get_attention_pattern)
-    fails(check.get_attention_pattern, lambda model, tokens, layer: pattern(model, tokens, 0),
-          match="asked for layer 1, your function returned layer 0's pattern")
-    fails(check.get_attention_pattern,
-          lambda model, tokens, layer: pattern(model, tokens, layer).transpose(-1, -2), match="you transposed it")
+    fails(
+        check.get_attention_pattern,
+        lambda model, tokens, layer: pattern(model, tokens, 0),
+        match="asked for layer 1, your function returned layer 0's pattern",
+    )
+    fails(
+        check.get_attention_pattern,
+        lambda model, tokens, layer: pattern(model, tokens, layer).transpose(-1, -2),
+        match="you transposed it",
+    )
 
     def scores(model, tokens, layer, mask=-torch.inf):  # the scores before the softmax
         _, cache = model.run_with_cache(tokens)
@@ -84,8 +90,9 @@ def test_get_attention_pattern(capsys):
 
     fails(check.get_attention_pattern, scores, match="infinite or NaN entries: a pattern is the softmax")
     fails(check.get_attention_pattern, functools.partial(scores, mask=0.0), match="sum to between")
-    fails(check.get_attention_pattern, lambda model, tokens, layer: pattern(model, tokens[:1], layer),
-          match="has shape")
+    fails(
+        check.get_attention_pattern, lambda model, tokens, layer: pattern(model, tokens[:1], layer), match="has shape"
+    )
 
 
 # ==================================================================================================================
@@ -185,7 +192,7 @@ def test_where_the_previous_token_head_works():
     curve = reference.previous_token_attention(pattern)[strongest]
     until = int(torch.nonzero(curve[1:] < circuits.ATTENTION_MAJORITY)[0])
     assert strongest == 3 and until == 32
-    assert float(curve[1:until + 1].min()) > 0.9 and float(curve[until + 1:].max()) < 0.05
+    assert float(curve[1 : until + 1].min()) > 0.9 and float(curve[until + 1 :].max()) < 0.05
     # The score is a mean that describes neither regime.
     assert 0.4 < float(reference.previous_token_scores(pattern)[strongest]) < 0.6
     check.previous_token_until(until)
@@ -204,16 +211,24 @@ def test_where_the_previous_token_head_works():
 
 def test_head_direct_logit_attribution(capsys):
     check.head_direct_logit_attribution(own(reference.head_direct_logit_attribution))
-    check.head_direct_logit_attribution(lambda z, W_O, d: torch.einsum("bhd,hdm,bm->bh", z.double(), W_O.double(),
-                                                                       d.double()))
+    check.head_direct_logit_attribution(
+        lambda z, W_O, d: torch.einsum("bhd,hdm,bm->bh", z.double(), W_O.double(), d.double())
+    )
     assert capsys.readouterr().out.count("correct") == 2
     right = own(reference.head_direct_logit_attribution)
-    fails(check.head_direct_logit_attribution, lambda z, W_O, d: right(z, W_O, d).T,
-          match="return \\[batch, n_heads\\]")
-    fails(check.head_direct_logit_attribution, lambda z, W_O, d: right(z, W_O, d[:1].expand_as(d)),
-          match="scored along the first example.s direction")
-    fails(check.head_direct_logit_attribution, lambda z, W_O, d: right(z, W_O, d).abs(),
-          match="the sum over heads of your attributions")
+    fails(
+        check.head_direct_logit_attribution, lambda z, W_O, d: right(z, W_O, d).T, match="return \\[batch, n_heads\\]"
+    )
+    fails(
+        check.head_direct_logit_attribution,
+        lambda z, W_O, d: right(z, W_O, d[:1].expand_as(d)),
+        match="scored along the first example.s direction",
+    )
+    fails(
+        check.head_direct_logit_attribution,
+        lambda z, W_O, d: right(z, W_O, d).abs(),
+        match="the sum over heads of your attributions",
+    )
     fails(check.head_direct_logit_attribution, lambda z, W_O, d: right(z, W_O, d).sum(-1), match="shape")
 
 
@@ -330,8 +345,11 @@ def test_normalised_metric(capsys):
     assert capsys.readouterr().out.count("correct") == 2
     message = fails(check.normalised_metric, lambda v, c, k: (v - c) / (k - c), match="you swapped clean")
     assert "maps the clean run to 0 and the corrupted run to 1" in message
-    fails(check.normalised_metric, lambda v, c, k: (v - c) / (c - k),
-          match="maps the clean run's own metric to -?0; it must map it to 1")
+    fails(
+        check.normalised_metric,
+        lambda v, c, k: (v - c) / (c - k),
+        match="maps the clean run's own metric to -?0; it must map it to 1",
+    )
     # Ignoring two of the three inputs (the numbers of one example) fails on fresh clean/corrupted values.
     fails(check.normalised_metric, lambda v, c, k: (v + 1.25) / 3.75, match="maps the")
     fails(check.normalised_metric, lambda v, c, k: (v - k) / abs(c - k), match="must map it to 1")
@@ -355,9 +373,11 @@ def test_patch_residual_by_layer_pos(capsys):
     patch = own(reference.patch_residual_by_layer_pos)
     check.patch_residual_by_layer_pos(patch)
     assert "correct" in capsys.readouterr().out
-    message = fails(check.patch_residual_by_layer_pos,
-                    lambda model, clean, corrupted, metric: patch(model, corrupted, clean, metric),
-                    match="you swapped them")
+    message = fails(
+        check.patch_residual_by_layer_pos,
+        lambda model, clean, corrupted, metric: patch(model, corrupted, clean, metric),
+        match="you swapped them",
+    )
     assert "the clean run's metric" in message
 
     def every_position_at_once(model, clean, corrupted, metric):
@@ -378,10 +398,12 @@ def test_patch_residual_by_layer_pos(capsys):
         for layer in range(model.cfg.n_layers):
             name = f"blocks.{layer}.hook_resid_post"
             for pos in range(clean.shape[1]):
+
                 def hook(resid, hook, pos=pos, name=name):
                     resid = resid.clone()
                     resid[:, pos] = clean_cache[name][:, pos]
                     return resid
+
                 out[layer, pos] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)]))
         return out
 
@@ -393,8 +415,11 @@ def test_patch_heads(capsys):
     patch = own(reference.patch_heads)
     check.patch_heads(patch)
     assert "correct" in capsys.readouterr().out
-    fails(check.patch_heads, lambda model, clean, corrupted, metric: patch(model, corrupted, clean, metric),
-          match="you ran the clean input and patched in the corrupted run's activations")
+    fails(
+        check.patch_heads,
+        lambda model, clean, corrupted, metric: patch(model, corrupted, clean, metric),
+        match="you ran the clean input and patched in the corrupted run's activations",
+    )
 
     def patched(model, clean, corrupted, metric, heads_of, positions=slice(None)):
         _, clean_cache = model.run_with_cache(clean)
@@ -402,20 +427,31 @@ def test_patch_heads(capsys):
         for layer in range(model.cfg.n_layers):
             name = f"blocks.{layer}.attn.hook_z"
             for head in range(model.cfg.n_heads):
+
                 def hook(z, hook, head=head, name=name):
                     z = z.clone()
                     for h in heads_of(head, z.shape[2]):
                         z[:, positions, h] = clean_cache[name][:, positions, h]
                     return z
+
                 out[layer, head] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)]))
         return out
 
-    fails(check.patch_heads, functools.partial(patched, heads_of=lambda head, n: range(n)),
-          match="you patched the whole layer's z at once")
-    fails(check.patch_heads, functools.partial(patched, heads_of=lambda head, n: [head], positions=slice(-1, None)),
-          match="at the last position only")
-    fails(check.patch_heads, lambda model, clean, corrupted, metric: patch(model, clean, corrupted, metric)
-          - metric(model(corrupted)), match="with clean = corrupted")
+    fails(
+        check.patch_heads,
+        functools.partial(patched, heads_of=lambda head, n: range(n)),
+        match="you patched the whole layer's z at once",
+    )
+    fails(
+        check.patch_heads,
+        functools.partial(patched, heads_of=lambda head, n: [head], positions=slice(-1, None)),
+        match="at the last position only",
+    )
+    fails(
+        check.patch_heads,
+        lambda model, clean, corrupted, metric: patch(model, clean, corrupted, metric) - metric(model(corrupted)),
+        match="with clean = corrupted",
+    )
     fails(check.patch_heads, _memo(patch), match="values of the per-head results")
 
 
@@ -450,11 +486,12 @@ def test_attribution_patch_heads(capsys):
 
     message = fails(check.attribution_patch_heads, no_start, match="yours are 0")
     assert "metric(corrupted) + gradient" in message and "normalised metric hides this" in message
-    fails(check.attribution_patch_heads, _detached_attribution,
-          match="your last layer's estimates are right but L0H")
-    fails(check.attribution_patch_heads,
-          lambda model, clean, corrupted, metric: attribute(model, corrupted, clean, metric),
-          match="you linearised around the clean run")
+    fails(check.attribution_patch_heads, _detached_attribution, match="your last layer's estimates are right but L0H")
+    fails(
+        check.attribution_patch_heads,
+        lambda model, clean, corrupted, metric: attribute(model, corrupted, clean, metric),
+        match="you linearised around the clean run",
+    )
 
     def backwards(model, clean, corrupted, metric):
         with torch.no_grad():
@@ -517,8 +554,11 @@ def test_path_patch_key(capsys):
     fails(check.path_patch_key, whole_head, match="patching the sender's whole output")
     # Under the key corruption the query and value paths change (almost) nothing: both read as one of them.
     for kind in ("q", "v"):
-        fails(check.path_patch_key, _through(kind), match="the receiver's (query|value) gives .* adds it to the "
-                                                          "receiver's key")
+        fails(
+            check.path_patch_key,
+            _through(kind),
+            match="the receiver's (query|value) gives .* adds it to the receiver's key",
+        )
     fails(check.path_patch_key, _through("k", all_heads=True), match="every head in the receiver's layer")
 
     def only_same_layer_refused(model, clean, corrupted, sender, receiver, metric):
@@ -535,23 +575,40 @@ def test_path_patch_key(capsys):
         return path_patch(model, clean, corrupted, sender, receiver, metric)
 
     fails(check.path_patch_key, asserts, match="raised AssertionError")
-    fails(check.path_patch_key, lambda model, clean, corrupted, sender, receiver, metric:
-          path_patch(model, clean, corrupted, (sender[0], 3), receiver, metric), match="the result")
+    fails(
+        check.path_patch_key,
+        lambda model, clean, corrupted, sender, receiver, metric: path_patch(
+            model, clean, corrupted, (sender[0], 3), receiver, metric
+        ),
+        match="the result",
+    )
 
 
 def test_composition_score(capsys):
     check.composition_score(own(reference.composition_score))
-    check.composition_score(lambda A, B: torch.linalg.matrix_norm((A @ B).double())
-                            / (torch.linalg.matrix_norm(A.double()) * torch.linalg.matrix_norm(B.double())))
+    check.composition_score(
+        lambda A, B: (
+            torch.linalg.matrix_norm((A @ B).double())
+            / (torch.linalg.matrix_norm(A.double()) * torch.linalg.matrix_norm(B.double()))
+        )
+    )
     assert capsys.readouterr().out.count("correct") == 2
-    fails(check.composition_score, lambda A, B: (A @ B).norm(dim=(-2, -1)) / A.norm(dim=(-2, -1)),
-          match="rescaling a matrix must not change the score.* divide by \\|\\|W_B\\|\\|_F")
-    fails(check.composition_score, lambda A, B: (A @ B).norm(dim=(-2, -1)) / B.norm(dim=(-2, -1)),
-          match="divide by \\|\\|W_A\\|\\|_F")
+    fails(
+        check.composition_score,
+        lambda A, B: (A @ B).norm(dim=(-2, -1)) / A.norm(dim=(-2, -1)),
+        match="rescaling a matrix must not change the score.* divide by \\|\\|W_B\\|\\|_F",
+    )
+    fails(
+        check.composition_score,
+        lambda A, B: (A @ B).norm(dim=(-2, -1)) / B.norm(dim=(-2, -1)),
+        match="divide by \\|\\|W_A\\|\\|_F",
+    )
     fails(check.composition_score, lambda A, B: (A @ B).norm(dim=(-2, -1)), match="both matrices")
-    fails(check.composition_score,
-          lambda A, B: (A * B).norm(dim=(-2, -1)) / (A.norm(dim=(-2, -1)) * B.norm(dim=(-2, -1))),
-          match="element by element")
+    fails(
+        check.composition_score,
+        lambda A, B: (A * B).norm(dim=(-2, -1)) / (A.norm(dim=(-2, -1)) * B.norm(dim=(-2, -1))),
+        match="element by element",
+    )
     fails(check.composition_score, lambda A, B: torch.tensor(0.35), match="the scores")
 
 
@@ -563,9 +620,11 @@ def _identity_weights(n=5, heads=2):
 def test_full_ov_circuit(capsys):
     circuit = own(reference.full_ov_circuit)
     check.full_ov_circuit(circuit)
-    check.full_ov_circuit(lambda W_E, W_V, W_O, W_U: einops.einsum(
-        W_E.double(), W_V.double(), W_O.double(), W_U.double(),
-        "v1 m1, h m1 d, h d m2, m2 v2 -> h v1 v2"))
+    check.full_ov_circuit(
+        lambda W_E, W_V, W_O, W_U: einops.einsum(
+            W_E.double(), W_V.double(), W_O.double(), W_U.double(), "v1 m1, h m1 d, h d m2, m2 v2 -> h v1 v2"
+        )
+    )
     assert capsys.readouterr().out.count("correct") == 2
     fails(check.full_ov_circuit, lambda *w: circuit(*w).transpose(-1, -2), match="you returned the transpose")
     fails(check.full_ov_circuit, lambda *w: circuit(*w).sum(0), match="did you sum over the heads")
@@ -593,27 +652,44 @@ def test_diagonal_win_rate(capsys):
 def test_prefix_matching_circuit(capsys):
     circuit = own(reference.prefix_matching_circuit)
     check.prefix_matching_circuit(circuit)
-    check.prefix_matching_circuit(lambda W_E, W_Q, W_K, W_OV: einops.einsum(
-        (W_E @ W_Q).double(), (W_E @ W_OV @ W_K).double(), "h t d, h s d -> h t s"))
+    check.prefix_matching_circuit(
+        lambda W_E, W_Q, W_K, W_OV: einops.einsum(
+            (W_E @ W_Q).double(), (W_E @ W_OV @ W_K).double(), "h t d, h s d -> h t s"
+        )
+    )
     assert capsys.readouterr().out.count("correct") == 2
-    fails(check.prefix_matching_circuit, lambda W_E, W_Q, W_K, W_OV: (W_E @ W_Q) @ (W_E @ W_K).transpose(-1, -2),
-          match="does not change when W_OV_prev does")
+    fails(
+        check.prefix_matching_circuit,
+        lambda W_E, W_Q, W_K, W_OV: (W_E @ W_Q) @ (W_E @ W_K).transpose(-1, -2),
+        match="does not change when W_OV_prev does",
+    )
     fails(check.prefix_matching_circuit, lambda *w: circuit(*w).transpose(-1, -2), match="transpose")
-    fails(check.prefix_matching_circuit, lambda W_E, W_Q, W_K, W_OV: circuit(W_E, W_Q, W_K, W_OV.T),
-          match="transpose")
-    fails(check.prefix_matching_circuit,
-          lambda W_E, W_Q, W_K, W_OV: circuit(W_E, W_Q, W_K, W_OV) / W_Q.shape[-1] ** 0.5,
-          match="you divided by sqrt\\(d_head\\)")
-    fails(check.prefix_matching_circuit, lambda W_E, W_Q, W_K, W_OV: circuit(W_E, W_K, W_Q, W_OV),
-          match="you swapped the query and key sides")
+    fails(check.prefix_matching_circuit, lambda W_E, W_Q, W_K, W_OV: circuit(W_E, W_Q, W_K, W_OV.T), match="transpose")
+    fails(
+        check.prefix_matching_circuit,
+        lambda W_E, W_Q, W_K, W_OV: circuit(W_E, W_Q, W_K, W_OV) / W_Q.shape[-1] ** 0.5,
+        match="you divided by sqrt\\(d_head\\)",
+    )
+    fails(
+        check.prefix_matching_circuit,
+        lambda W_E, W_Q, W_K, W_OV: circuit(W_E, W_K, W_Q, W_OV),
+        match="you swapped the query and key sides",
+    )
 
 
 # ==================================================================================================================
 # Section 8-9: the quiz and the measurements
 # ==================================================================================================================
 
-KEY = {"A": "backup", "B": "hydra", "C": "head-specialisation", "D": "ioi", "E": "orion", "F": "induction-heads",
-       "G": "smallest-induction"}
+KEY = {
+    "A": "backup",
+    "B": "hydra",
+    "C": "head-specialisation",
+    "D": "ioi",
+    "E": "orion",
+    "F": "induction-heads",
+    "G": "smallest-induction",
+}
 
 
 def test_circuit_studies_quiz():
@@ -639,9 +715,9 @@ def test_the_quiz_is_not_answered_by_the_table_verbatim():
     for letter, observation in circuits.STUDY_SCENARIOS.items():
         study = studies[KEY[letter]]
         row = _words(f"{study.name} {study.finding}")
-        runs = {tuple(row[i:i + 4]) for i in range(len(row) - 3)}
+        runs = {tuple(row[i : i + 4]) for i in range(len(row) - 3)}
         words = _words(observation)
-        shared = [" ".join(words[i:i + 4]) for i in range(len(words) - 3) if tuple(words[i:i + 4]) in runs]
+        shared = [" ".join(words[i : i + 4]) for i in range(len(words) - 3) if tuple(words[i : i + 4]) in runs]
         assert not shared, (letter, shared)
 
 
@@ -663,8 +739,11 @@ def test_measure():
 
     fails(check.measure, wrong_sign, match="wrong sign")
     fails(check.measure, lambda model, tokens, half_len: measure(model, tokens, 30), match="half_len 26")
-    fails(check.measure, lambda *args: {"max_induction_score": 0.81, "n_induction_heads": 4,
-                                        "in_context_learning_score": -4.95}, match="is .*, which is off by")
+    fails(
+        check.measure,
+        lambda *args: {"max_induction_score": 0.81, "n_induction_heads": 4, "in_context_learning_score": -4.95},
+        match="is .*, which is off by",
+    )
     fails(check.measure, lambda *args: [0.8, 4, -5.0], match="return a dict")
     fails(check.measure, lambda model, tokens, half_len: {"max_induction_score": 0.8}, match="missing the measurement")
 
@@ -739,8 +818,14 @@ def test_counterexample_refuses_what_is_no_distribution():
 
 def test_counterexample_needs_the_heads_to_matter(monkeypatch):
     """Faithfulness is a ratio over (all heads ablated - full model): a tiny gap makes it meaningless."""
-    outcome = {"full_loss": 1.0, "circuit_loss": 1.25, "baseline_loss": 1.3, "full_accuracy": 0.9,
-               "baseline_gap": 0.3, "faithfulness": 0.17}
+    outcome = {
+        "full_loss": 1.0,
+        "circuit_loss": 1.25,
+        "baseline_loss": 1.3,
+        "full_accuracy": 0.9,
+        "baseline_gap": 0.3,
+        "faithfulness": 0.17,
+    }
     monkeypatch.setattr(check, "circuit_faithfulness", lambda *args: dict(outcome))
     fails_pair(runs(3, 10), run_starts_seen_before, "hardly matter")
 
@@ -792,8 +877,13 @@ CHEATS = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def notebook(model):
     """A namespace like a student's notebook: the model, torch and the library at top level."""
-    namespace = {"__name__": "student_notebook", "torch": torch, "circuits": circuits, "model": model,
-                 "ablate": own(reference.ablate_head)}
+    namespace = {
+        "__name__": "student_notebook",
+        "torch": torch,
+        "circuits": circuits,
+        "model": model,
+        "ablate": own(reference.ablate_head),
+    }
     exec(CHEATS, namespace)
     return namespace
 
@@ -803,21 +893,30 @@ def test_the_cheat_would_pass_without_the_rule(notebook, model):
     tokens = runs(5, 6)(128, 0)
     with torch.no_grad():
         mask = notebook["cheating_mask"](tokens, model)
-    outcome = circuits.circuit_faithfulness(model, tokens, mask, check.induction_circuit(model), reference.ablate_head,
-                                            circuits.induction_reference_tokens(128))
+    outcome = circuits.circuit_faithfulness(
+        model,
+        tokens,
+        mask,
+        check.induction_circuit(model),
+        reference.ablate_head,
+        circuits.induction_reference_tokens(128),
+    )
     assert int(mask.sum()) >= circuits.COUNTEREXAMPLE_MIN_PREDICTIONS
     assert outcome["faithfulness"] < circuits.COUNTEREXAMPLE_MAX_FAITHFULNESS
     assert outcome["full_accuracy"] > circuits.COUNTEREXAMPLE_MIN_ACCURACY
 
 
-@pytest.mark.parametrize("name, match", [
-    ("uses_the_global_model", "uses `model`, a model"),
-    ("through_a_helper", "uses `model`, a model"),
-    ("with_a_default", "holds a model in the default argument `m`"),
-    ("through_a_closure", "holds a model in its closure variable `m`"),
-    ("builds_its_own_model", "ran a model"),
-    ("reads_the_library", "uses `circuits`, a module of the course library"),
-])
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("uses_the_global_model", "uses `model`, a model"),
+        ("through_a_helper", "uses `model`, a model"),
+        ("with_a_default", "holds a model in the default argument `m`"),
+        ("through_a_closure", "holds a model in its closure variable `m`"),
+        ("builds_its_own_model", "ran a model"),
+        ("reads_the_library", "uses `circuits`, a module of the course library"),
+    ],
+)
 def test_the_mask_may_depend_on_the_tokens_only(notebook, name, match):
     fails_pair(runs(5, 6), notebook[name], match)
     # The guard is gone afterwards: models run as usual.
@@ -835,12 +934,20 @@ def test_the_solution_cell_runs_in_a_box_of_its_own():
     from mechinterp_course.instructor import judge
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    test_index = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id")
-                      == "test-counterexample")
+    test_index = next(
+        i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "test-counterexample"
+    )
     source = judge.defining_source(nb, test_index, "make_batch")
     assert "@exercise" not in source and "circuits" not in source
-    box = {"__name__": "__student__", "torch": torch, "einops": einops, "math": math, "np": numpy, "numpy": numpy,
-           "functools": functools}
+    box = {
+        "__name__": "__student__",
+        "torch": torch,
+        "einops": einops,
+        "math": math,
+        "np": numpy,
+        "numpy": numpy,
+        "functools": functools,
+    }
     exec(compile(source, "<the cell>", "exec"), box)
     check.counterexample(box["make_batch"], box["which_predictions"])
 
@@ -884,7 +991,7 @@ def test_patching_the_whole_clean_run_restores_it(model, pair):
         corrupted_value = float(metric(model(pair.corrupted)))
     # At layer 0 only the changed position carries the difference: patching it restores the clean run exactly.
     assert float(resid[0, pair.source_pos]) == pytest.approx(clean_value, abs=1e-3)
-    others = torch.cat([resid[0, : pair.source_pos], resid[0, pair.source_pos + 1:]])
+    others = torch.cat([resid[0, : pair.source_pos], resid[0, pair.source_pos + 1 :]])
     assert torch.allclose(others, torch.full_like(others, corrupted_value), atol=1e-3)
 
 
@@ -920,9 +1027,15 @@ def test_path_patching_finds_the_previous_token_head(model):
     key_pair = tasks.patching_pair(32, 10, model.cfg.d_vocab, corruption="key", seed=5)
     metric = metric_for(key_pair)
     with torch.no_grad():
-        effects = torch.tensor([[float(reference.path_patch_key(model, key_pair.clean, key_pair.corrupted, (0, s),
-                                                                (1, r), metric))
-                                 for r in range(4)] for s in range(4)])
+        effects = torch.tensor(
+            [
+                [
+                    float(reference.path_patch_key(model, key_pair.clean, key_pair.corrupted, (0, s), (1, r), metric))
+                    for r in range(4)
+                ]
+                for s in range(4)
+            ]
+        )
         corrupted = float(metric(model(key_pair.corrupted)))
         tokens = tasks.repeated_tokens(32, 20, model.cfg.d_vocab, seed=0)
         previous = reference.previous_token_scores(model.run_with_cache(tokens)[1]["blocks.0.attn.hook_pattern"])
@@ -938,8 +1051,9 @@ def test_ablation_methods(model):
         base = circuits.per_token_loss(model(tokens), tokens)[:, 21:].mean()
     everything = [(layer, head) for layer in range(2) for head in range(4)]
     for method in ("zero", "mean", "resample"):
-        ablated = circuits.run_with_heads_ablated(model, tokens, everything, reference.ablate_head, method,
-                                                  reference_tokens)
+        ablated = circuits.run_with_heads_ablated(
+            model, tokens, everything, reference.ablate_head, method, reference_tokens
+        )
         assert circuits.per_token_loss(ablated, tokens)[:, 21:].mean() > base + 2
     with pytest.raises(ValueError, match="reference"):
         circuits.run_with_heads_ablated(model, tokens, everything, reference.ablate_head, "mean")
@@ -950,7 +1064,7 @@ def test_composition_score_properties():
     score = reference.composition_score(A, B)
     assert 0 <= float(score) <= 1
     assert float(reference.composition_score(2 * A, 3 * B)) == pytest.approx(float(score), rel=1e-5)
-    assert float(reference.composition_score(torch.eye(6), torch.eye(6))) == pytest.approx(6 ** -0.5, rel=1e-5)
+    assert float(reference.composition_score(torch.eye(6), torch.eye(6))) == pytest.approx(6**-0.5, rel=1e-5)
 
 
 def test_copying_and_prefix_matching_are_in_the_weights(model):
@@ -958,15 +1072,26 @@ def test_copying_and_prefix_matching_are_in_the_weights(model):
     no layer-0 head does; through the strongest previous-token head every induction head matches prefixes, and
     with the key's own token instead of its previous one it never does."""
     with torch.no_grad():
-        ov = torch.stack([reference.full_ov_circuit(model.W_E, model.W_V[layer], model.W_O[layer], model.W_U)
-                          for layer in range(model.cfg.n_layers)])
+        ov = torch.stack(
+            [
+                reference.full_ov_circuit(model.W_E, model.W_V[layer], model.W_O[layer], model.W_U)
+                for layer in range(model.cfg.n_layers)
+            ]
+        )
         copying = reference.diagonal_win_rate(ov)
         assert (copying[1] > 0.9).all() and (copying[0] < 0.2).all()
         senders = model.W_V[0] @ model.W_O[0]
-        matching = torch.stack([reference.diagonal_win_rate(reference.prefix_matching_circuit(
-            model.W_E, model.W_Q[1], model.W_K[1], senders[s])) for s in range(model.cfg.n_heads)])
-        own_token = reference.diagonal_win_rate(reference.prefix_matching_circuit(
-            model.W_E, model.W_Q[1], model.W_K[1], torch.eye(model.cfg.d_model)))
+        matching = torch.stack(
+            [
+                reference.diagonal_win_rate(
+                    reference.prefix_matching_circuit(model.W_E, model.W_Q[1], model.W_K[1], senders[s])
+                )
+                for s in range(model.cfg.n_heads)
+            ]
+        )
+        own_token = reference.diagonal_win_rate(
+            reference.prefix_matching_circuit(model.W_E, model.W_Q[1], model.W_K[1], torch.eye(model.cfg.d_model))
+        )
     assert (matching[3] > 0.9).all() and (matching[3] >= matching.amax(0)).all()
     assert (own_token < 0.05).all()
     # Anchors of the scores: an identity circuit scores 1, a shifted one 0.
@@ -1009,16 +1134,24 @@ def test_probe_predictions_start_at_the_second_copy():
 
 def test_the_notebook_fits_in_100_columns():
     nb = json.loads(NOTEBOOK.read_text())
-    long = [(cell["metadata"].get("nbgrader", {}).get("grade_id"), line)
-            for cell in nb["cells"] for line in "".join(cell["source"]).split("\n") if len(line) > 100]
+    long = [
+        (cell["metadata"].get("nbgrader", {}).get("grade_id"), line)
+        for cell in nb["cells"]
+        for line in "".join(cell["source"]).split("\n")
+        if len(line) > 100
+    ]
     assert not long, long[:5]
 
 
 def test_every_check_has_a_test_cell_and_a_hidden_part():
     nb = json.loads(NOTEBOOK.read_text())
-    tests = ["".join(c["source"]) for c in nb["cells"]
-             if c["metadata"].get("nbgrader", {}).get("grade") and c["cell_type"] == "code"
-             and not c["metadata"]["nbgrader"].get("solution")]
+    tests = [
+        "".join(c["source"])
+        for c in nb["cells"]
+        if c["metadata"].get("nbgrader", {}).get("grade")
+        and c["cell_type"] == "code"
+        and not c["metadata"]["nbgrader"].get("solution")
+    ]
     named = {re.match(r"check\.(\w+)\(", source).group(1) for source in tests}
     checks = {name for name, value in vars(check).items() if getattr(value, "exercise", None) == name}
     assert named == checks

@@ -38,12 +38,16 @@ needs_root = pytest.mark.skipif(not AS_ROOT, reason="the sandbox's separate user
 pytestmark = pytest.mark.slow
 
 RIGHT = {
-    "ex-composition": ("@exercise\ndef composition_score(W_A, W_B):\n"
-                       "    return (W_A @ W_B).norm(dim=(-2, -1)) / (W_A.norm(dim=(-2, -1)) * W_B.norm(dim=(-2, -1)))"),
+    "ex-composition": (
+        "@exercise\ndef composition_score(W_A, W_B):\n"
+        "    return (W_A @ W_B).norm(dim=(-2, -1)) / (W_A.norm(dim=(-2, -1)) * W_B.norm(dim=(-2, -1)))"
+    ),
     "ex-normalised": "@exercise\ndef normalised_metric(value, clean, corrupted):\n"
-                     "    return (value - corrupted) / (clean - corrupted)",
-    "ex-studies-quiz": ('study_findings = {"A": "backup", "B": "hydra", "C": "head-specialisation", "D": "ioi", '
-                        '"E": "orion", "F": "induction-heads", "G": "smallest-induction"}'),
+    "    return (value - corrupted) / (clean - corrupted)",
+    "ex-studies-quiz": (
+        'study_findings = {"A": "backup", "B": "hydra", "C": "head-specialisation", "D": "ioi", '
+        '"E": "orion", "F": "induction-heads", "G": "smallest-induction"}'
+    ),
     "ex-my-scores": 'my_scores = {"low_hanging_fruit": 3, "excitement": 4, "difficulty": 5}',
     "answer-hidden": "Because hidden inputs cannot be special-cased.",
 }
@@ -127,8 +131,10 @@ study_findings = {letter: next(s.key for s in CIRCUIT_STUDIES
                                if answer_digest("study_findings", letter, s.key) == digest)
                   for letter, digest in key.items()}"""
 LOUD = "\n".join(["import sys", "print('x' * 300_000)", "print('y' * 300_000, file=sys.stderr)"])
-LOUD_COMPOSITION = ("@exercise\ndef composition_score(W_A, W_B):\n    print('debugging ' * 50_000)\n"
-                    "    return (W_A @ W_B).norm(dim=(-2, -1)) / (W_A.norm(dim=(-2, -1)) * W_B.norm(dim=(-2, -1)))")
+LOUD_COMPOSITION = (
+    "@exercise\ndef composition_score(W_A, W_B):\n    print('debugging ' * 50_000)\n"
+    "    return (W_A @ W_B).norm(dim=(-2, -1)) / (W_A.norm(dim=(-2, -1)) * W_B.norm(dim=(-2, -1)))"
+)
 SURVIVOR = """import os, time
 if os.fork() == 0:
     os.setsid()
@@ -147,16 +153,17 @@ bomb = "import os\\nwhile True:\\n    try:\\n        os.fork()\\n    except OSEr
 subprocess.Popen([sys.executable, "-c", bomb])
 print("bomb started")"""
 MEMORY_BOMB = "hog = bytearray(64 * 2**30)"
-MEMORY_COMPOSITION = ("@exercise\ndef composition_score(W_A, W_B):\n    hog = bytearray(64 * 2**30)\n"
-                      "    return W_A")
+MEMORY_COMPOSITION = "@exercise\ndef composition_score(W_A, W_B):\n    hog = bytearray(64 * 2**30)\n    return W_A"
 DISK_FILLER = """chunk = b"0" * 2**20
 with open("filler.bin", "wb") as f:
     for _ in range(2048):
         f.write(chunk)"""
 KILL_PARENT = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"
 KILL_GROUP = "import os, signal\nos.killpg(0, signal.SIGKILL)"
-RECORD_INPUTS = ("SEEN = []\n@exercise\ndef composition_score(W_A, W_B):\n    SEEN.append(round(float(W_A.sum()), 4))\n"
-                 "    return (W_A @ W_B).norm(dim=(-2, -1)) / (W_A.norm(dim=(-2, -1)) * W_B.norm(dim=(-2, -1)))")
+RECORD_INPUTS = (
+    "SEEN = []\n@exercise\ndef composition_score(W_A, W_B):\n    SEEN.append(round(float(W_A.sum()), 4))\n"
+    "    return (W_A @ W_B).norm(dim=(-2, -1)) / (W_A.norm(dim=(-2, -1)) * W_B.norm(dim=(-2, -1)))"
+)
 
 
 @pytest.fixture(scope="module")
@@ -188,24 +195,39 @@ def _submissions(course: Path, folder: Path, out: Path, port: int) -> None:
     source = nbformat.read(course / "solutions" / CHAPTER / f"{CHAPTER}.ipynb", as_version=4)
     release = nbformat.read(course / "chapters" / CHAPTER / f"{CHAPTER}.ipynb", as_version=4)
     blank_but = lambda **answers: _solve(release, **{**BLANK, **answers})  # noqa: E731
-    network = (f"import socket\ns = socket.socket()\ns.settimeout(2)\ntry:\n    s.connect(('127.0.0.1', {port}))\n"
-               f"    print('connected')\nexcept OSError as error:\n    print('refused:', error)")
+    network = (
+        f"import socket\ns = socket.socket()\ns.settimeout(2)\ntry:\n    s.connect(('127.0.0.1', {port}))\n"
+        f"    print('connected')\nexcept OSError as error:\n    print('refused:', error)"
+    )
     subs = {
         "solution": _copy(source),
         "blank": release,
-        "wrong": _solve(release, **{"ex-composition": "@exercise\ndef composition_score(W_A, W_B):\n"
-                                                       "    return (W_A @ W_B).norm(dim=(-2, -1)) / "
-                                                       "W_A.norm(dim=(-2, -1))"}),
-        "warning": _solve(release, **{"ex-normalised": (
-            "import sys, warnings\n@exercise\ndef normalised_metric(value, clean, corrupted):\n"
-            "    print('debugging', file=sys.stderr)\n    warnings.warn('a harmless warning')\n"
-            "    return (value - corrupted) / (clean - corrupted)")}),
+        "wrong": _solve(
+            release,
+            **{
+                "ex-composition": "@exercise\ndef composition_score(W_A, W_B):\n"
+                "    return (W_A @ W_B).norm(dim=(-2, -1)) / "
+                "W_A.norm(dim=(-2, -1))"
+            },
+        ),
+        "warning": _solve(
+            release,
+            **{
+                "ex-normalised": (
+                    "import sys, warnings\n@exercise\ndef normalised_metric(value, clean, corrupted):\n"
+                    "    print('debugging', file=sys.stderr)\n    warnings.warn('a harmless warning')\n"
+                    "    return (value - corrupted) / (clean - corrupted)"
+                )
+            },
+        ),
         "loop": _solve(release, **{"ex-my-scores": "while True:\n    pass"}),
-        "loopfn": _solve(release, **{"ex-composition": "@exercise\ndef composition_score(W_A, W_B):\n"
-                                                        "    while True:\n        pass"}),
+        "loopfn": _solve(
+            release, **{"ex-composition": "@exercise\ndef composition_score(W_A, W_B):\n    while True:\n        pass"}
+        ),
         "crash": _solve(release, **{"ex-normalised": "import os\nos._exit(1)"}),
-        "crashfn": _solve(release, **{"ex-composition": "import os\n@exercise\ndef composition_score(W_A, W_B):\n"
-                                                         "    os._exit(1)"}),
+        "crashfn": _solve(
+            release, **{"ex-composition": "import os\n@exercise\ndef composition_score(W_A, W_B):\n    os._exit(1)"}
+        ),
         "reference": blank_but(**{"ex-composition": REFERENCE_IMPORT}),
         "fallback": blank_but(**{"ex-composition": FALLBACK}),
         "silenced": _add_cell(_copy(release), SILENCE),
@@ -217,15 +239,17 @@ def _submissions(course: Path, folder: Path, out: Path, port: int) -> None:
         "loudblank": _add_cell(_copy(release), LOUD),
         "killparent": _add_cell(_solve(release), KILL_PARENT),
         "killgroup": _add_cell(_solve(release), KILL_GROUP),
-        "survivor": _add_cell(_solve(release), SURVIVOR.format(paths=[str(out / "gradebook.db"),
-                                                                       str(out / "problems.csv")])),
+        "survivor": _add_cell(
+            _solve(release), SURVIVOR.format(paths=[str(out / "gradebook.db"), str(out / "problems.csv")])
+        ),
         "forkbomb": _add_cell(_solve(release), FORK_BOMB, after="test-my-scores"),
         "memory": _add_cell(_solve(release), MEMORY_BOMB),
         "memoryfn": _solve(release, **{"ex-composition": MEMORY_COMPOSITION}),
         "disk": _add_cell(_solve(release), DISK_FILLER),
         "network": _add_cell(_solve(release), network),
-        "hiddenseeds": _add_cell(_solve(release, **{"ex-composition": RECORD_INPUTS}), "print('SEEN', SEEN)",
-                                 after="test-composition"),
+        "hiddenseeds": _add_cell(
+            _solve(release, **{"ex-composition": RECORD_INPUTS}), "print('SEEN', SEEN)", after="test-composition"
+        ),
     }
     deleted = _solve(release)
     deleted.cells.remove(_cell(deleted, "test-normalised"))
@@ -244,10 +268,38 @@ def _submissions(course: Path, folder: Path, out: Path, port: int) -> None:
     (folder / f"badjson_{CHAPTER}.ipynb").write_text('{"cells": [ this is not JSON')
 
 
-STUDENTS = ["badjson", "blank", "bruteforce", "colab", "crash", "crashfn", "customexc", "deleted", "disk", "edited",
-            "fallback", "forkbomb", "hiddenseeds", "killgroup", "killparent", "loop", "loopfn", "loud", "loudblank",
-            "memory", "memoryfn", "network", "readsolutions", "rebind", "reference", "silenced", "solution",
-            "survivor", "warning", "wrong"]
+STUDENTS = [
+    "badjson",
+    "blank",
+    "bruteforce",
+    "colab",
+    "crash",
+    "crashfn",
+    "customexc",
+    "deleted",
+    "disk",
+    "edited",
+    "fallback",
+    "forkbomb",
+    "hiddenseeds",
+    "killgroup",
+    "killparent",
+    "loop",
+    "loopfn",
+    "loud",
+    "loudblank",
+    "memory",
+    "memoryfn",
+    "network",
+    "readsolutions",
+    "rebind",
+    "reference",
+    "silenced",
+    "solution",
+    "survivor",
+    "warning",
+    "wrong",
+]
 
 
 @pytest.fixture(scope="module")
@@ -258,8 +310,9 @@ def batch(tmp_path_factory, listener):
     port, _ = listener
     _submissions(course, tmp / "downloads", out, port)
     lines: list[str] = []
-    report = grade.grade("circuits", [tmp / "downloads"], out, timeout=TIMEOUT_S, course_dir=course, jobs=2,
-                         progress=lines.append)
+    report = grade.grade(
+        "circuits", [tmp / "downloads"], out, timeout=TIMEOUT_S, course_dir=course, jobs=2, progress=lines.append
+    )
     report.progress_lines = lines
     return report
 
@@ -361,16 +414,22 @@ def test_cells_that_lost_their_metadata_in_colab_are_repaired(batch):
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("student, expected, flag", [
-    ("reference", dict(FULL, **{"test-composition": 0, "test-normalised": 0}), "reference answers"),
-    ("fallback", dict(FULL, **{"test-composition": 0, "test-normalised": 0}), None),
-    ("silenced", dict.fromkeys(AUTOGRADED, 0), "silencing errors"),
-    ("customexc", dict.fromkeys(AUTOGRADED, 0), "silencing errors"),
-    ("rebind", dict.fromkeys(AUTOGRADED, 0), "rebinding or importing the course's checks"),
-    ("readsolutions", dict.fromkeys(AUTOGRADED, 0), "reading the course's files"),
-    ("bruteforce", dict(FULL, **{"test-composition": 0, "test-normalised": 0, "test-studies-quiz": 0}),
-     "reference answers"),
-])
+@pytest.mark.parametrize(
+    "student, expected, flag",
+    [
+        ("reference", dict(FULL, **{"test-composition": 0, "test-normalised": 0}), "reference answers"),
+        ("fallback", dict(FULL, **{"test-composition": 0, "test-normalised": 0}), None),
+        ("silenced", dict.fromkeys(AUTOGRADED, 0), "silencing errors"),
+        ("customexc", dict.fromkeys(AUTOGRADED, 0), "silencing errors"),
+        ("rebind", dict.fromkeys(AUTOGRADED, 0), "rebinding or importing the course's checks"),
+        ("readsolutions", dict.fromkeys(AUTOGRADED, 0), "reading the course's files"),
+        (
+            "bruteforce",
+            dict(FULL, **{"test-composition": 0, "test-normalised": 0, "test-studies-quiz": 0}),
+            "reference answers",
+        ),
+    ],
+)
 def test_bypasses_score_zero_on_what_they_bypass(batch, student, expected, flag):
     result = batch[student]
     assert _auto(result) == expected, result.problems
@@ -391,10 +450,19 @@ def test_a_lot_of_output_keeps_a_right_answer_right_and_a_wrong_one_wrong(batch)
 
 
 @needs_root
-@pytest.mark.parametrize("student, expected", [
-    ("killparent", FULL), ("killgroup", FULL), ("survivor", FULL), ("forkbomb", FULL), ("memory", FULL),
-    ("memoryfn", dict(FULL, **{"test-composition": 0})), ("disk", FULL), ("network", FULL),
-])
+@pytest.mark.parametrize(
+    "student, expected",
+    [
+        ("killparent", FULL),
+        ("killgroup", FULL),
+        ("survivor", FULL),
+        ("forkbomb", FULL),
+        ("memory", FULL),
+        ("memoryfn", dict(FULL, **{"test-composition": 0})),
+        ("disk", FULL),
+        ("network", FULL),
+    ],
+)
 def test_attacks_on_the_machine_cost_only_that_student(batch, student, expected):
     assert _auto(batch[student]) == expected, batch[student].problems
 
@@ -450,9 +518,11 @@ def test_nbgrader_autograde_in_the_folder_grades_sealed_notebooks_and_refuses_th
 
 
 def _grade_rows(gradebook: Path) -> list[tuple]:
-    query = ("select sa.student_id, c.name, g.auto_score, g.manual_score, g.needs_manual_grade from grade g "
-             "join base_cell c on g.cell_id = c.id join submitted_notebook sn on g.notebook_id = sn.id "
-             "join submitted_assignment sa on sn.assignment_id = sa.id order by sa.student_id, c.name")
+    query = (
+        "select sa.student_id, c.name, g.auto_score, g.manual_score, g.needs_manual_grade from grade g "
+        "join base_cell c on g.cell_id = c.id join submitted_notebook sn on g.notebook_id = sn.id "
+        "join submitted_assignment sa on sn.assignment_id = sa.id order by sa.student_id, c.name"
+    )
     with sqlite3.connect(gradebook) as db:
         return db.execute(query).fetchall()
 
@@ -463,8 +533,12 @@ def test_submitted_tree_resume_and_idempotent_regrade(tmp_path, capsys):
     course = _course(tmp_path)
     release = nbformat.read(course / "chapters" / CHAPTER / f"{CHAPTER}.ipynb", as_version=4)
     tree = tmp_path / "class" / "submitted"
-    for student, name, nb in [("ann", "foo.ipynb", _solve(release)), ("ben", f"{CHAPTER}.ipynb", release),
-                              ("cy", "a.ipynb", release), ("cy", "b.ipynb", release)]:
+    for student, name, nb in [
+        ("ann", "foo.ipynb", _solve(release)),
+        ("ben", f"{CHAPTER}.ipynb", release),
+        ("cy", "a.ipynb", release),
+        ("cy", "b.ipynb", release),
+    ]:
         (tree / student / CHAPTER).mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, tree / student / CHAPTER / name)
     out = tmp_path / "out"
@@ -479,8 +553,19 @@ def test_submitted_tree_resume_and_idempotent_regrade(tmp_path, capsys):
 
     # The same batch again, from the command line: nothing is run again, and the gradebook is the same.
     lines: list[str] = []
-    argv = ["--course-dir", str(course), "grade", CHAPTER, str(tmp_path / "class"), "--out", str(out),
-            "--timeout", str(TIMEOUT_S), "--jobs", "2"]
+    argv = [
+        "--course-dir",
+        str(course),
+        "grade",
+        CHAPTER,
+        str(tmp_path / "class"),
+        "--out",
+        str(out),
+        "--timeout",
+        str(TIMEOUT_S),
+        "--jobs",
+        "2",
+    ]
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
     assert "Reusing 3 notebook(s)" in captured.err and "[1/" not in captured.err
@@ -490,8 +575,9 @@ def test_submitted_tree_resume_and_idempotent_regrade(tmp_path, capsys):
 
     # An interrupted batch resumes: a lost executed notebook is the only one run again.
     (out / grade.STATE_DIR / "executed" / "ann.ipynb").unlink()
-    again = grade.grade(CHAPTER, [tmp_path / "class"], out, timeout=TIMEOUT_S, course_dir=course, jobs=1,
-                        progress=lines.append)
+    again = grade.grade(
+        CHAPTER, [tmp_path / "class"], out, timeout=TIMEOUT_S, course_dir=course, jobs=1, progress=lines.append
+    )
     assert [line.split("]")[0] for line in lines if line.startswith("[")] == ["[1/1"]
     assert _grade_rows(again.gradebook) == grades_first
 
@@ -508,14 +594,17 @@ def test_submitted_tree_resume_and_idempotent_regrade(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("filename, expected", [
-    ("smith_john_12345_67890_01_circuits.ipynb", "smith_john_12345_67890"),
-    ("smithjohn_late_12345_67890_circuits.ipynb", "smithjohn_late_12345_67890"),
-    ("Jane Doe - 01_circuits (1).ipynb", "Jane_Doe_1"),
-    ("01_circuits.ipynb", "01_circuits"),
-    ("circuitsfan_42.ipynb", "circuitsfan_42"),
-    ("***.ipynb", "student"),
-])
+@pytest.mark.parametrize(
+    "filename, expected",
+    [
+        ("smith_john_12345_67890_01_circuits.ipynb", "smith_john_12345_67890"),
+        ("smithjohn_late_12345_67890_circuits.ipynb", "smithjohn_late_12345_67890"),
+        ("Jane Doe - 01_circuits (1).ipynb", "Jane_Doe_1"),
+        ("01_circuits.ipynb", "01_circuits"),
+        ("circuitsfan_42.ipynb", "circuitsfan_42"),
+        ("***.ipynb", "student"),
+    ],
+)
 def test_student_id_from_filename(filename, expected):
     assert grade.student_id_from_filename(filename, "01_circuits") == expected
 
@@ -530,7 +619,8 @@ def test_repair_restores_metadata_by_source_and_position(tmp_path):
     notes = grade.repair_notebook(nb, release)
     ids = [c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells]
     assert ids == [c.metadata["nbgrader"]["grade_id"] for c in release.cells[:4]] + [None] + [
-        c.metadata["nbgrader"]["grade_id"] for c in release.cells[4:]]
+        c.metadata["nbgrader"]["grade_id"] for c in release.cells[4:]
+    ]
     assert _cell(nb, "ex-normalised").source == RIGHT["ex-normalised"]  # the student's answer is kept
     assert notes and "lost their nbgrader metadata" in notes[0]
 
@@ -548,8 +638,10 @@ def test_bad_input_gets_a_clear_error(tmp_path, capsys):
         grade.grade(CHAPTER, [tmp_path / "empty"], tmp_path / "out", course_dir=course, jobs=0)
     assert not (tmp_path / "out").exists()
 
-    for argv, message in [(["grade", "nope", str(tmp_path / "empty")], "Unknown chapter"),
-                          (["grade", CHAPTER, str(tmp_path / "missing")], "no such file or folder"),
-                          (["grade", CHAPTER, str(tmp_path / "empty")], "no notebooks found")]:
+    for argv, message in [
+        (["grade", "nope", str(tmp_path / "empty")], "Unknown chapter"),
+        (["grade", CHAPTER, str(tmp_path / "missing")], "no such file or folder"),
+        (["grade", CHAPTER, str(tmp_path / "empty")], "no notebooks found"),
+    ]:
         assert cli.main(["--course-dir", str(course), *argv]) == cli.EXIT_BAD_INPUT
         assert message in capsys.readouterr().err

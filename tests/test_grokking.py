@@ -122,17 +122,23 @@ def meshgrid_pairs(p):
 
 def test_all_pairs_feedback(capsys):
     passes(checks.all_pairs, meshgrid_pairs, capsys=capsys)
-    fails(checks.all_pairs, lambda p: (reference.all_pairs(p)[0].float(), reference.all_pairs(p)[1]),
-          match="tokens has dtype torch.float32")
+    fails(
+        checks.all_pairs,
+        lambda p: (reference.all_pairs(p)[0].float(), reference.all_pairs(p)[1]),
+        match="tokens has dtype torch.float32",
+    )
     swapped = lambda p: (reference.all_pairs(p)[0][:, [1, 0, 2]], reference.all_pairs(p)[1])  # noqa: E731
     fails(checks.all_pairs, swapped, match="(which should hold a = 0, b = 2, in the order a * p + b), column a")
-    fails(checks.all_pairs, lambda p: reference.all_pairs(p + 1) if p > 3 else reference.all_pairs(p),
-          match="shape")
-    no_equals = lambda p: (torch.cat([reference.all_pairs(p)[0][:, :2], torch.zeros(p * p, 1, dtype=torch.long)],
-                                     1), reference.all_pairs(p)[1])  # noqa: E731
+    fails(checks.all_pairs, lambda p: reference.all_pairs(p + 1) if p > 3 else reference.all_pairs(p), match="shape")
+    no_equals = lambda p: (
+        torch.cat([reference.all_pairs(p)[0][:, :2], torch.zeros(p * p, 1, dtype=torch.long)], 1),
+        reference.all_pairs(p)[1],
+    )  # noqa: E731
     fails(checks.all_pairs, no_equals, match="the third token of every row must be '='")
-    minus = lambda p: (reference.all_pairs(p)[0], (reference.all_pairs(p)[0][:, 0] - reference.all_pairs(p)[0][:, 1])
-                       % p)  # noqa: E731
+    minus = lambda p: (
+        reference.all_pairs(p)[0],
+        (reference.all_pairs(p)[0][:, 0] - reference.all_pairs(p)[0][:, 1]) % p,
+    )  # noqa: E731
     fails(checks.all_pairs, minus, match="labels do not match your own tokens")
 
 
@@ -147,21 +153,24 @@ def test_split_feedback(capsys):
         return tuple(order.split([round(fraction * n), n - round(fraction * n)]))
 
     passes(checks.split_indices, chunks, capsys=capsys)
-    fails(checks.split_indices, lambda n, f, seed: (torch.arange(round(f * n)), torch.arange(round(f * n), n)),
-          match="shuffle first")
+    fails(
+        checks.split_indices,
+        lambda n, f, seed: (torch.arange(round(f * n)), torch.arange(round(f * n), n)),
+        match="shuffle first",
+    )
     floored = lambda n, f, seed: reference.split_indices(n, int(f * n) / n + 1e-12, seed)  # noqa: E731
     fails(checks.split_indices, floored, match="expected round(train_fraction * n) = 63")
     fails(checks.split_indices, lambda n, f, seed: reference.split_indices(n, f, 0), match="must depend on `seed`")
 
     def global_generator(n, fraction, seed):
         order = torch.randperm(n)
-        return order[:round(fraction * n)], order[round(fraction * n):]
+        return order[: round(fraction * n)], order[round(fraction * n) :]
 
     fails(checks.split_indices, global_generator, match="two calls with the same seed gave different splits")
 
     def argsort(n, fraction, seed):  # a random split, but not the documented permutation
         order = torch.rand(n, generator=torch.Generator().manual_seed(seed)).argsort()
-        return order[:round(fraction * n)], order[round(fraction * n):]
+        return order[: round(fraction * n)], order[round(fraction * n) :]
 
     fails(checks.split_indices, argsort, match="torch.randperm(n, generator=torch.Generator().manual_seed(seed))")
 
@@ -181,21 +190,34 @@ def test_the_split_keeps_the_shipped_models_split():
 
 
 def test_loss_feedback(capsys):
-    passes(checks.loss_at_equals, lambda logits, labels: -logits[:, -1].double().log_softmax(-1).gather(
-        -1, labels[:, None]).mean(), capsys=capsys)
-    passes(checks.loss_at_equals, lambda logits, labels: (
-        torch.logsumexp(logits[:, -1].double(), -1) - logits[:, -1].double()[torch.arange(len(labels)), labels]
-    ).mean(), capsys=capsys)
+    passes(
+        checks.loss_at_equals,
+        lambda logits, labels: -logits[:, -1].double().log_softmax(-1).gather(-1, labels[:, None]).mean(),
+        capsys=capsys,
+    )
+    passes(
+        checks.loss_at_equals,
+        lambda logits, labels: (
+            torch.logsumexp(logits[:, -1].double(), -1) - logits[:, -1].double()[torch.arange(len(labels)), labels]
+        ).mean(),
+        capsys=capsys,
+    )
     # The issue's case: computed in float32, converted afterwards. Its dtype is float64; its values are not.
     late = lambda logits, labels: F.cross_entropy(logits[:, -1], labels).double()  # noqa: E731
     fails(checks.loss_at_equals, late, match="that is what float32 gives")
     fails(checks.loss_at_equals, late, match="converting its result is too late")
-    fails(checks.loss_at_equals, lambda logits, labels: F.cross_entropy(logits[:, -1], labels),
-          match="the loss has dtype torch.float32")
+    fails(
+        checks.loss_at_equals,
+        lambda logits, labels: F.cross_entropy(logits[:, -1], labels),
+        match="the loss has dtype torch.float32",
+    )
     every_position = lambda logits, labels: F.cross_entropy(logits.mean(1).double(), labels)  # noqa: E731
     fails(checks.loss_at_equals, every_position, match="positions 0 and 1 must not matter")
-    fails(checks.loss_at_equals, lambda logits, labels: torch.tensor(1.0, dtype=torch.float64),
-          match="of uniform logits over 7 answers (expected ln 7)")
+    fails(
+        checks.loss_at_equals,
+        lambda logits, labels: torch.tensor(1.0, dtype=torch.float64),
+        match="of uniform logits over 7 answers (expected ln 7)",
+    )
 
 
 def test_the_confident_trial_separates_float32_from_float64():
@@ -225,17 +247,24 @@ def test_grok_steps_feedback(capsys):
         return train, test
 
     passes(checks.grok_steps, loop, capsys=capsys)
-    strict = lambda h, threshold=0.99: tuple(next((r["step"] for r in h if r[k] > threshold), None)  # noqa: E731
-                                             for k in ("train_accuracy", "test_accuracy"))
-    fails(checks.grok_steps, strict,
-          match="train_step and test_step are wrong: the first row whose accuracy is at least")
-    positions = lambda h, threshold=0.99: tuple(next((i for i, r in enumerate(h) if r[k] >= threshold), None)  # noqa
-                                                for k in ("train_accuracy", "test_accuracy"))
+    strict = lambda h, threshold=0.99: tuple(
+        next((r["step"] for r in h if r[k] > threshold), None)  # noqa: E731
+        for k in ("train_accuracy", "test_accuracy")
+    )
+    fails(
+        checks.grok_steps, strict, match="train_step and test_step are wrong: the first row whose accuracy is at least"
+    )
+    positions = lambda h, threshold=0.99: tuple(
+        next((i for i, r in enumerate(h) if r[k] >= threshold), None)  # noqa
+        for k in ("train_accuracy", "test_accuracy")
+    )
     fails(checks.grok_steps, positions, match="you returned the rows' positions")
     fixed_threshold = lambda h, threshold=0.99: reference.grok_steps(h, 0.99)  # noqa: E731
     fails(checks.grok_steps, fixed_threshold, match="threshold 0.9")
-    minus_one = lambda h, threshold=0.99: tuple(-1 if s is None else s  # noqa: E731
-                                                for s in reference.grok_steps(h, threshold))
+    minus_one = lambda h, threshold=0.99: tuple(
+        -1 if s is None else s  # noqa: E731
+        for s in reference.grok_steps(h, threshold)
+    )
     fails(checks.grok_steps, minus_one, match="return None for those")
 
 
@@ -257,8 +286,13 @@ def complex_basis(p):  # right, written differently: real and imaginary parts of
 def test_fourier_basis_feedback(capsys):
     passes(checks.fourier_basis, complex_basis, capsys=capsys)
     fails(checks.fourier_basis, lambda p: reference.fourier_basis(p) * 2, match="has norm 2 for p = 5")
-    sin_first = lambda p: reference.fourier_basis(p)[[0] + [r + (1 if r % 2 else -1)  # noqa: E731
-                                                           for r in range(1, p)]]
+    sin_first = lambda p: reference.fourier_basis(p)[
+        [0]
+        + [
+            r + (1 if r % 2 else -1)  # noqa: E731
+            for r in range(1, p)
+        ]
+    ]
     fails(checks.fourier_basis, sin_first, match="k=1 (cos)")
     repeated = lambda p: torch.cat([reference.fourier_basis(p)[:2], reference.fourier_basis(p)[1:-1]])  # noqa
     fails(checks.fourier_basis, repeated, match="are not orthogonal")
@@ -305,23 +339,32 @@ def test_neuron_fractions_feedback(capsys):
         for n in range(acts.shape[-1]):
             coefficients = basis @ acts[:, :, n].double().numpy() @ basis.T
             coefficients[0, 0] = 0.0
-            energy = [(coefficients[np.ix_([0, 2 * k - 1, 2 * k], [0, 2 * k - 1, 2 * k])] ** 2).sum()
-                      for k in range(1, (p - 1) // 2 + 1)]
-            fractions.append(max(energy) / (coefficients ** 2).sum())
+            energy = [
+                (coefficients[np.ix_([0, 2 * k - 1, 2 * k], [0, 2 * k - 1, 2 * k])] ** 2).sum()
+                for k in range(1, (p - 1) // 2 + 1)
+            ]
+            fractions.append(max(energy) / (coefficients**2).sum())
             frequencies.append(int(np.argmax(energy)) + 1)
         return torch.tensor(fractions), torch.tensor(frequencies)
 
     passes(checks.neuron_frequency_fractions, looped, capsys=capsys)
-    off_by_one = lambda acts, p: (reference.neuron_frequency_fractions(acts, p)[0],  # noqa: E731
-                                  reference.neuron_frequency_fractions(acts, p)[1] - 1)
+    off_by_one = lambda acts, p: (
+        reference.neuron_frequency_fractions(acts, p)[0],  # noqa: E731
+        reference.neuron_frequency_fractions(acts, p)[1] - 1,
+    )
     fails(checks.neuron_frequency_fractions, off_by_one, match="frequencies count from 1")
 
     def keeps_the_mean(acts, p):
         basis = reference.fourier_basis(p)
-        coefficients = einops.einsum(basis, einops.einsum(basis, acts.double(), "i a, a b n -> i b n"),
-                                     "j b, i b n -> i j n")
-        energy = torch.stack([coefficients[[0, 2 * k - 1, 2 * k]][:, [0, 2 * k - 1, 2 * k]].pow(2).sum((0, 1))
-                              for k in range(1, (p - 1) // 2 + 1)])
+        coefficients = einops.einsum(
+            basis, einops.einsum(basis, acts.double(), "i a, a b n -> i b n"), "j b, i b n -> i j n"
+        )
+        energy = torch.stack(
+            [
+                coefficients[[0, 2 * k - 1, 2 * k]][:, [0, 2 * k - 1, 2 * k]].pow(2).sum((0, 1))
+                for k in range(1, (p - 1) // 2 + 1)
+            ]
+        )
         best, index = energy.max(0)
         return best / coefficients.pow(2).sum((0, 1)), index + 1
 
@@ -358,7 +401,10 @@ def test_key_frequency_fraction_feedback(capsys):
     passes(checks.key_frequency_fraction, flattened, capsys=capsys)
     with_constant = lambda x, p, keys: (  # noqa: E731
         (reference.fourier_basis(p) @ x.double().reshape(p, -1))[[r for k in keys for r in (2 * k - 1, 2 * k)]]
-        .pow(2).sum() / (reference.fourier_basis(p) @ x.double().reshape(p, -1)).pow(2).sum())
+        .pow(2)
+        .sum()
+        / (reference.fourier_basis(p) @ x.double().reshape(p, -1)).pow(2).sum()
+    )
     fails(checks.key_frequency_fraction, with_constant, match="the constant row is not variance")
 
 
@@ -390,6 +436,7 @@ def test_key_projection_feedback(capsys):
         return mean, einops.einsum(directions, coefficients, "d a b, d c -> a b c")
 
     fails(checks.key_projection, unnormalised, match="such a table lies in the span")
+
     def in_place(logits, key_freqs):  # right, but it leaves the caller's logits changed
         result = reference.key_projection(logits.clone(), key_freqs)
         logits.zero_()
@@ -399,13 +446,20 @@ def test_key_projection_feedback(capsys):
 
 
 def test_restricted_and_excluded_feedback(capsys):
-    passes(checks.restricted_loss, lambda logits, labels, keys: F.cross_entropy(
-        sum(projection_by_loops(logits, keys)).flatten(0, 1), labels.flatten()), capsys=capsys)
+    passes(
+        checks.restricted_loss,
+        lambda logits, labels, keys: F.cross_entropy(
+            sum(projection_by_loops(logits, keys)).flatten(0, 1), labels.flatten()
+        ),
+        capsys=capsys,
+    )
     no_mean = lambda logits, labels, keys: F.cross_entropy(  # noqa: E731
-        reference.key_projection(logits, keys)[1].flatten(0, 1), labels.flatten())
+        reference.key_projection(logits, keys)[1].flatten(0, 1), labels.flatten()
+    )
     fails(checks.restricted_loss, no_mean, match="a random table with a memorised part")
     every_pair = lambda logits, labels, keys, mask: reference.excluded_loss(  # noqa: E731
-        logits, labels, keys, torch.ones_like(mask))
+        logits, labels, keys, torch.ones_like(mask)
+    )
     fails(checks.excluded_loss, every_pair, match="training pairs of")
     kept_instead = lambda logits, labels, keys, mask: reference.restricted_loss(logits, labels, keys)  # noqa: E731
     fails(checks.excluded_loss, kept_instead, match="nothing is left to tell the answers apart")
@@ -426,16 +480,24 @@ def test_a_loss_built_on_a_wrong_projection_names_it():
 
 def test_frequency_ablation_feedback(capsys):
     def one_by_one(logits, labels, freqs):  # right, written differently
-        return torch.stack([F.cross_entropy((logits.double() - projection_by_loops(logits, [k])[1]).flatten(0, 1),
-                                            labels.flatten()) for k in freqs])
+        return torch.stack(
+            [
+                F.cross_entropy((logits.double() - projection_by_loops(logits, [k])[1]).flatten(0, 1), labels.flatten())
+                for k in freqs
+            ]
+        )
 
     passes(checks.frequency_ablation_losses, one_by_one, capsys=capsys)
     all_at_once = lambda logits, labels, freqs: F.cross_entropy(  # noqa: E731
-        (logits.double() - reference.key_projection(logits, freqs)[1]).flatten(0, 1),
-        labels.flatten()).expand(len(freqs))
+        (logits.double() - reference.key_projection(logits, freqs)[1]).flatten(0, 1), labels.flatten()
+    ).expand(len(freqs))
     fails(checks.frequency_ablation_losses, all_at_once, match="each should be the loss of the sum without that term")
-    keeps_only = lambda logits, labels, freqs: torch.stack([reference.restricted_loss(logits, labels, [k])  # noqa
-                                                            for k in freqs])
+    keeps_only = lambda logits, labels, freqs: torch.stack(
+        [
+            reference.restricted_loss(logits, labels, [k])  # noqa
+            for k in freqs
+        ]
+    )
     fails(checks.frequency_ablation_losses, keeps_only, match="each should be the unablated loss")
 
 
@@ -445,10 +507,16 @@ def test_frequency_ablation_feedback(capsys):
 
 
 def test_sum_of_squared_weights_feedback(capsys):
-    passes(checks.sum_of_squared_weights, lambda model: sum(v.pow(2).sum() for v in model.state_dict().values()),
-           capsys=capsys)
-    weights_only = lambda model: sum(p.detach().pow(2).sum() for n, p in model.named_parameters()  # noqa: E731
-                                     if "weight" in n)
+    passes(
+        checks.sum_of_squared_weights,
+        lambda model: sum(v.pow(2).sum() for v in model.state_dict().values()),
+        capsys=capsys,
+    )
+    weights_only = lambda model: sum(
+        p.detach().pow(2).sum()
+        for n, p in model.named_parameters()  # noqa: E731
+        if "weight" in n
+    )
     fails(checks.sum_of_squared_weights, weights_only, match="biases are parameters too")
     norms = lambda model: sum(p.detach().norm() for p in model.parameters())  # noqa: E731
     fails(checks.sum_of_squared_weights, norms, match="parameters are all 1")
@@ -461,10 +529,17 @@ def test_gini_feedback(capsys):
 
     passes(checks.gini, mean_difference, capsys=capsys)
     fails(checks.gini, lambda v: reference.gini(v) * len(v) / (len(v) - 1), match="divide by n")
-    unsorted = lambda v: ((2 * torch.arange(1, len(v) + 1) - len(v) - 1) * v.double()).sum() / (  # noqa: E731
-        len(v) * v.double().sum())
-    fails(checks.gini, unsorted, match="in the middle (expected 1 - 1/n again: the values come in any order, so "
-                                       "sort them ascending first)")
+    unsorted = lambda v: (
+        ((2 * torch.arange(1, len(v) + 1) - len(v) - 1) * v.double()).sum()
+        / (  # noqa: E731
+            len(v) * v.double().sum()
+        )
+    )
+    fails(
+        checks.gini,
+        unsorted,
+        match="in the middle (expected 1 - 1/n again: the values come in any order, so sort them ascending first)",
+    )
 
 
 def loose_phases(steps, excluded, test_loss, weights, whole_run_peak=False, whole_run_min=False):
@@ -483,7 +558,7 @@ def test_find_phases_feedback(capsys):
     def in_numpy(steps, excluded, test_loss, weights):  # right, written differently
         excluded, test_loss, weights = map(np.asarray, (excluded, test_loss, weights))
         i_mem = int(np.argmin(excluded))
-        below = np.nonzero(test_loss[i_mem + 1:] < grokking.CLEANUP_START_FRACTION * test_loss[i_mem:].max())[0]
+        below = np.nonzero(test_loss[i_mem + 1 :] < grokking.CLEANUP_START_FRACTION * test_loss[i_mem:].max())[0]
         i_start = i_mem + 1 + int(below[0]) if len(below) else len(steps) - 1
         w_min = weights[i_start:].min()
         bound = w_min + (1 - grokking.CLEANUP_END_FRACTION) * (weights[i_start] - w_min)
@@ -491,12 +566,21 @@ def test_find_phases_feedback(capsys):
         return steps[i_mem], steps[i_start], steps[i_end]
 
     passes(checks.find_phases, in_numpy, capsys=capsys)
-    fails(checks.find_phases, lambda s, e, t, w: loose_phases(s, e, t, w, whole_run_peak=True),
-          match="cleanup_start is wrong in 3 of 6 trajectories")
-    fails(checks.find_phases, lambda s, e, t, w: loose_phases(s, e, t, w, whole_run_peak=True),
-          match="It goes wrong only on the trajectories with a spike during memorisation")
-    fails(checks.find_phases, lambda s, e, t, w: loose_phases(s, e, t, w, whole_run_min=True),
-          match="Start with cleanup_end")
+    fails(
+        checks.find_phases,
+        lambda s, e, t, w: loose_phases(s, e, t, w, whole_run_peak=True),
+        match="cleanup_start is wrong in 3 of 6 trajectories",
+    )
+    fails(
+        checks.find_phases,
+        lambda s, e, t, w: loose_phases(s, e, t, w, whole_run_peak=True),
+        match="It goes wrong only on the trajectories with a spike during memorisation",
+    )
+    fails(
+        checks.find_phases,
+        lambda s, e, t, w: loose_phases(s, e, t, w, whole_run_min=True),
+        match="Start with cleanup_end",
+    )
     by_test_loss = lambda s, e, t, w: reference.find_phases(s, t, t, w)  # noqa: E731
     fails(checks.find_phases, by_test_loss, match="your memorisation_end is step")
     fails(checks.find_phases, lambda s, e, t, w: (s[0], s[-1], s[-1]), match="re-read rule 1")
@@ -516,8 +600,11 @@ def test_every_message_names_things_and_never_an_empty_index():
 
 def test_claim_validation():
     base = grokking.CHAPTER_CONFIG
-    ok = {"config": dataclasses.replace(base, train_fraction=0.9, steps=100), "change": "train_fraction",
-          "prediction": "does not grok"}
+    ok = {
+        "config": dataclasses.replace(base, train_fraction=0.9, steps=100),
+        "change": "train_fraction",
+        "prediction": "does not grok",
+    }
     assert grokking.validate_claim(ok)[1] == "train_fraction"
     # A config arrives as a dict when a notebook is graded.
     assert grokking.validate_claim(dict(ok, config=dataclasses.asdict(ok["config"])))[0].train_fraction == 0.9
@@ -531,17 +618,24 @@ def test_claim_validation():
         grokking.validate_claim(dict(ok, config=dataclasses.replace(ok["config"], lr=1e-2)))
     config, _, _ = grokking.validate_claim(dict(ok, config=dataclasses.replace(ok["config"], steps=100_000)))
     assert config.steps == grokking.claim_step_budget(config) < 100_000
-    for small, kind in [(dict(train_fraction=0.55), "train_fraction"), (dict(strength=2.5), "regulariser"),
-                        (dict(d_model=60, d_mlp=240), "architecture")]:
+    for small, kind in [
+        (dict(train_fraction=0.55), "train_fraction"),
+        (dict(strength=2.5), "regulariser"),
+        (dict(d_model=60, d_mlp=240), "architecture"),
+    ]:
         with pytest.raises(ValueError, match="same setup"):
             grokking.validate_claim(dict(ok, config=dataclasses.replace(base, **small), change=kind))
-    for enough, kind in [(dict(train_fraction=0.6), "train_fraction"), (dict(strength=0.0, regulariser="none"),
-                                                                       "regulariser"),
-                         (dict(d_mlp=192), "architecture"), (dict(act_fn="gelu"), "architecture")]:
+    for enough, kind in [
+        (dict(train_fraction=0.6), "train_fraction"),
+        (dict(strength=0.0, regulariser="none"), "regulariser"),
+        (dict(d_mlp=192), "architecture"),
+        (dict(act_fn="gelu"), "architecture"),
+    ]:
         assert grokking.validate_claim(dict(ok, config=dataclasses.replace(base, **enough), change=kind))[1] == kind
     with pytest.raises(ValueError, match="too costly"):
-        grokking.validate_claim(dict(ok, config=dataclasses.replace(base, d_model=128, d_mlp=512),
-                                     change="architecture"))
+        grokking.validate_claim(
+            dict(ok, config=dataclasses.replace(base, d_model=128, d_mlp=512), change="architecture")
+        )
     with pytest.raises(ValueError, match="prediction"):
         grokking.validate_claim(dict(ok, prediction="maybe"))
     with pytest.raises(ValueError, match="keys"):
@@ -549,11 +643,13 @@ def test_claim_validation():
 
 
 def test_claim_check_refuses_invalid_claims_before_training():
-    fails(checks.my_claim, {"config": grokking.CHAPTER_CONFIG, "change": "operation", "prediction": "groks"},
-          match="exactly the kind")
+    fails(
+        checks.my_claim,
+        {"config": grokking.CHAPTER_CONFIG, "change": "operation", "prediction": "groks"},
+        match="exactly the kind",
+    )
     fails(checks.my_claim, "it groks", match="dict")
-    fails(checks.my_claim, {"config": grokking.CHAPTER_CONFIG, "change": None, "prediction": None},
-          match="prediction")
+    fails(checks.my_claim, {"config": grokking.CHAPTER_CONFIG, "change": None, "prediction": None}, match="prediction")
 
 
 def test_claim_verdict_and_stopping_rule():
@@ -575,8 +671,11 @@ def test_claim_check_reruns_on_the_graders_seeds(capsys):
     """The solution's claim, on the grader's seeds whatever seed it states: the instant check trains the first; the
     hidden test reuses that verdict and trains until a majority of three is reached; the opposite prediction fails
     with the outcomes (all remembered: nothing is trained again)."""
-    claim = {"config": dataclasses.replace(grokking.CHAPTER_CONFIG, train_fraction=0.7, seed=12345, steps=5),
-             "change": "train_fraction", "prediction": "does not grok"}
+    claim = {
+        "config": dataclasses.replace(grokking.CHAPTER_CONFIG, train_fraction=0.7, seed=12345, steps=5),
+        "change": "train_fraction",
+        "prediction": "does not grok",
+    }
     checks.my_claim(claim)
     out = capsys.readouterr().out
     assert "the first of the seeds" in out and "\u2705" in out and "12345" not in out
@@ -619,8 +718,9 @@ def test_training_logs_after_each_update_on_the_same_weights():
     """The one logging rule: each row measures train and test with the (student's) loss on the weights after the
     step's update, so the last row is the returned model's; stopping early ends on the stopping step."""
     config = dataclasses.replace(grokking.CHAPTER_CONFIG, steps=25)
-    run = grokking.train_grokking(config, student(reference.loss_at_equals), student(reference.split_indices),
-                                  progress=False)
+    run = grokking.train_grokking(
+        config, student(reference.loss_at_equals), student(reference.split_indices), progress=False
+    )
     assert [row["step"] for row in run.history] == [0, 10, 20, 24]
     data = grokking.make_data(config, reference.split_indices)
     with torch.no_grad():
@@ -628,8 +728,9 @@ def test_training_logs_after_each_update_on_the_same_weights():
             tokens, labels = getattr(data, f"{split}_tokens"), getattr(data, f"{split}_labels")
             logits = run.model(tokens)
             assert run.history[-1][f"{split}_loss"] == pytest.approx(float(reference.loss_at_equals(logits, labels)))
-    stopped = grokking.train_grokking(config, reference.loss_at_equals, reference.split_indices, progress=False,
-                                      stop=lambda step, row: step >= 10)
+    stopped = grokking.train_grokking(
+        config, reference.loss_at_equals, reference.split_indices, progress=False, stop=lambda step, row: step >= 10
+    )
     assert stopped.stopped_at == 10 and stopped.history[-1]["step"] == 10
 
 

@@ -52,8 +52,9 @@ def answers() -> dict:
 def slides() -> dict[int, str]:
     """The deck's text by slide number (the text has an "N of 84" header before each slide)."""
     if not DECK.exists():
-        pytest.skip(f"the deck's text is not beside the repository (looked for {DECK}); the transcription checks "
-                    f"need it")
+        pytest.skip(
+            f"the deck's text is not beside the repository (looked for {DECK}); the transcription checks need it"
+        )
     parts = re.split(r"^(\d+) of 84\n", DECK.read_text(encoding="utf-8"), flags=re.M)
     found = {int(number): text for number, text in zip(parts[1::2], parts[2::2])}
     assert sorted(found) == list(range(1, 85)), "the deck's text should have 84 slides"
@@ -73,9 +74,26 @@ def _on_slides(text: str, slides: dict[int, str], numbers) -> bool:
 # The room: no twin of an exercise, no key in clear, one table of areas, figures in plots
 # --------------------------------------------------------------------------------------------------------------
 
-TWINS = ("total_variation", "visualise", "top_activating_examples", "tracin_scores", "last_layer_gradients",
-         "pick_area", "area_values", "unit_activation", "deck_scores", "AREAS", "AREA_OF_PAPER", "order_quiz_key",
-         "people_quiz_key", "area_quiz_key", "success_quiz_key", "timeline_figure", "ternary_figure", "image_grid")
+TWINS = (
+    "total_variation",
+    "visualise",
+    "top_activating_examples",
+    "tracin_scores",
+    "last_layer_gradients",
+    "pick_area",
+    "area_values",
+    "unit_activation",
+    "deck_scores",
+    "AREAS",
+    "AREA_OF_PAPER",
+    "order_quiz_key",
+    "people_quiz_key",
+    "area_quiz_key",
+    "success_quiz_key",
+    "timeline_figure",
+    "ternary_figure",
+    "image_grid",
+)
 
 
 def test_the_library_has_no_twin_of_an_exercise_and_no_key():
@@ -97,9 +115,20 @@ def test_the_old_modules_are_gone():
 
 
 def test_every_exercise_has_a_check_and_a_number():
-    assert set(reference.EXERCISES) == {"people", "builds_on", "when_in_training", "placement", "projects",
-                                        "total_variation", "visualise", "top_activating_examples", "tracin_scores",
-                                        "successes", "my_scores", "pick_area"}
+    assert set(reference.EXERCISES) == {
+        "people",
+        "builds_on",
+        "when_in_training",
+        "placement",
+        "projects",
+        "total_variation",
+        "visualise",
+        "top_activating_examples",
+        "tracin_scores",
+        "successes",
+        "my_scores",
+        "pick_area",
+    }
     for name in reference.EXERCISES:
         assert getattr(check, name).exercise == name
 
@@ -134,8 +163,7 @@ def test_every_later_chapter_has_papers_on_the_timeline():
 
 
 def test_chapter_status_is_the_readmes():
-    rows = re.findall(r"^\| (\d\d) \| (.+?) \| .+ \| (\w+) \|$", (ROOT / "README.md").read_text(encoding="utf-8"),
-                      re.M)
+    rows = re.findall(r"^\| (\d\d) \| (.+?) \| .+ \| (\w+) \|$", (ROOT / "README.md").read_text(encoding="utf-8"), re.M)
     assert {code: status for code, _, status in rows} == history.CHAPTER_STATUS
     assert history.chapter_label("02") == "02 Grokking"
     assert history.chapter_label("03") == "03 Backup behaviour (planned)"
@@ -145,9 +173,22 @@ def test_chapter_status_is_the_readmes():
 
 def test_the_notebook_has_no_stale_text():
     text = "".join("".join(cell["source"]) for cell in json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"])
-    for stale in ("being written", "02-05", "no chapter practises", "no chapter traces", "(value 6)", "7s and some 9s",
-                  "history_graders", "graders.", "unit_activation", "history.AREAS", "deck_scores()",
-                  "Classify the papers", "Read the status table", "Put the events in order"):
+    for stale in (
+        "being written",
+        "02-05",
+        "no chapter practises",
+        "no chapter traces",
+        "(value 6)",
+        "7s and some 9s",
+        "history_graders",
+        "graders.",
+        "unit_activation",
+        "history.AREAS",
+        "deck_scores()",
+        "Classify the papers",
+        "Read the status table",
+        "Put the events in order",
+    ):
         assert stale not in text, stale
 
 
@@ -175,8 +216,9 @@ def test_every_string_presented_as_the_decks_words_is_in_the_deck(slides):
             name = "Christine Olsson" if person.name == "Catherine Olsson" else person.name  # corrected, with a note
             quoted.append((f"name {person.name}", name, (5,)))
     assert "Christine Olsson" in history.PEOPLE[7].note
-    quoted += [("Leonard's taxonomy", option, (8,)) for options in history.LEONARD_TAXONOMY.values()
-               for option in options]
+    quoted += [
+        ("Leonard's taxonomy", option, (8,)) for options in history.LEONARD_TAXONOMY.values() for option in options
+    ]
     quoted += [(f"class of {c['work']}", c["deck_text"], (c["slide"],)) for c in history.DECK_STATED_CLASSES]
     quoted += [("ternary paper", paper, (9,)) for paper in history.TERNARY_PAPERS]
     quoted += [("micro~macro", sense, (11,)) for sense in history.MICRO_MACRO]
@@ -245,14 +287,29 @@ def test_ladder_and_north_stars_are_each_practised_by_a_chapter():
 
 
 def test_dates_of_slides_6_and_7():
-    slide_6 = {"thiel-fellowship": 2012, "emails-bengio": 2013, "google-brain": 2014, "deepdream": 2015,
-               "distill": 2016, "transformers": 2017, "lucid-openai": 2018, "vision-circuits": 2019,
-               "circuits-thread": 2020, "anthropic": 2021}
+    slide_6 = {
+        "thiel-fellowship": 2012,
+        "emails-bengio": 2013,
+        "google-brain": 2014,
+        "deepdream": 2015,
+        "distill": 2016,
+        "transformers": 2017,
+        "lucid-openai": 2018,
+        "vision-circuits": 2019,
+        "circuits-thread": 2020,
+        "anthropic": 2021,
+    }
     for key, year in slide_6.items():
         assert history.EVENTS[key].start[0] == year, key
-    slide_7 = {"circuits-thread": (2020, 3), "math-framework": (2021, 12), "induction-heads": (2022, 3),
-               "solu": (2022, 6), "toy-models": (2022, 9), "towards-monosemanticity": (2023, 10),
-               "january-update": (2024, 1)}
+    slide_7 = {
+        "circuits-thread": (2020, 3),
+        "math-framework": (2021, 12),
+        "induction-heads": (2022, 3),
+        "solu": (2022, 6),
+        "toy-models": (2022, 9),
+        "towards-monosemanticity": (2023, 10),
+        "january-update": (2024, 1),
+    }
     for key, date in slide_7.items():
         assert history.EVENTS[key].start == date, key
 
@@ -261,9 +318,16 @@ def test_people_roles_and_status_are_the_deck():
     roles = {p.name: p.role for p in history.PEOPLE}
     assert roles["Nelson Elhage"] == roles["Ludwig Schubert"] == "Core infrastructure"
     assert roles["Shan Carter"] is roles["Gabriel Goh"] is roles["Chelsea Voss"] is None
-    assert history.STATUS == {"Circuits": 3, "Grokking": 3, "Backup behavior": 0, "SAEs & Dictionary Learning": 2,
-                              "Feature Composition": 0, "Modularity": 0, "The training process": 0,
-                              "Attention Superposition": 3}
+    assert history.STATUS == {
+        "Circuits": 3,
+        "Grokking": 3,
+        "Backup behavior": 0,
+        "SAEs & Dictionary Learning": 2,
+        "Feature Composition": 0,
+        "Modularity": 0,
+        "The training process": 0,
+        "Attention Superposition": 3,
+    }
     assert len(history.TERNARY_PAPERS) == 11 and set(history.TERNARY_PAPERS.values()) <= set(history.EVENTS)
 
 
@@ -322,8 +386,12 @@ def test_lineage_quiz(answers, capsys):
     fails(check.builds_on, dict(key, B=later), match=r"1 of your answers \(B\) names a work that is not earlier")
     fails(check.builds_on, dict(key, D="D"), match="D cannot build on itself")
     # An earlier work, but not the one it builds on: told how many, not which.
-    wrong = next(letter for letter in history.LINEAGE_QUIZ if letter != key["L"] and
-                 history.EVENTS[history.LINEAGE_QUIZ[letter]].start < history.EVENTS[history.LINEAGE_QUIZ["L"]].start)
+    wrong = next(
+        letter
+        for letter in history.LINEAGE_QUIZ
+        if letter != key["L"]
+        and history.EVENTS[history.LINEAGE_QUIZ[letter]].start < history.EVENTS[history.LINEAGE_QUIZ["L"]].start
+    )
     message = fails(check.builds_on, dict(key, L=wrong), match="1 of 6 works is linked to the wrong predecessor")
     assert "L" not in message.split(":", 1)[1].replace("Lucid", "")
     for constant in history.LINEAGE_QUIZ:
@@ -358,8 +426,11 @@ def test_successes_quiz(answers, capsys):
     key = answers["successes"]
     check.successes({int(number): letter.lower() for number, letter in key.items()})  # numbers as ints are fine
     assert "correct" in capsys.readouterr().out
-    fails(check.successes, dict(key, **{"3": key["4"], "4": key["3"]}), match="2 of 4 works are matched to the "
-          "wrong claim")
+    fails(
+        check.successes,
+        dict(key, **{"3": key["4"], "4": key["3"]}),
+        match="2 of 4 works are matched to the wrong claim",
+    )
     fails(check.successes, dict(key, **{"4": key["3"]}), match=f"claim {key['3']} to more than one work")
     fails(check.successes, dict.fromkeys(key, "A"), match="more than one work")
 
@@ -384,20 +455,35 @@ def test_placement_checks_form_only():
 
 def test_total_variation_check(capsys):
     check.total_variation(own(reference.total_variation))
-    check.total_variation(lambda x: torch.diff(x, dim=-2).square().flatten(1).sum(1)  # written differently
-                          + torch.diff(x, dim=-1).square().flatten(1).sum(1), hidden="5e6f7a8b")
+    check.total_variation(
+        lambda x: (
+            torch.diff(x, dim=-2).square().flatten(1).sum(1)  # written differently
+            + torch.diff(x, dim=-1).square().flatten(1).sum(1)
+        ),
+        hidden="5e6f7a8b",
+    )
     assert capsys.readouterr().out.count("correct") == 2
     fails(check.total_variation, reference.total_variation, match="reference implementation")
     # Absolute instead of squared differences: the single bright pixel says so.
-    fails(check.total_variation, lambda x: (x[..., 1:, :] - x[..., :-1, :]).abs().sum((1, 2, 3))
-          + (x[..., 1:] - x[..., :-1]).abs().sum((1, 2, 3)), match="0 except for a 2 in the middle .* is 8, which is "
-          "off by 8")
+    fails(
+        check.total_variation,
+        lambda x: (
+            (x[..., 1:, :] - x[..., :-1, :]).abs().sum((1, 2, 3)) + (x[..., 1:] - x[..., :-1]).abs().sum((1, 2, 3))
+        ),
+        match="0 except for a 2 in the middle .* is 8, which is off by 8",
+    )
     # Vertical neighbours only: the image that changes only between columns says so.
-    fails(check.total_variation, lambda x: (x[..., 1:, :] - x[..., :-1, :]).pow(2).sum((1, 2, 3)),
-          match="columns are constant .* is 0, which is off by 16")
+    fails(
+        check.total_variation,
+        lambda x: (x[..., 1:, :] - x[..., :-1, :]).pow(2).sum((1, 2, 3)),
+        match="columns are constant .* is 0, which is off by 16",
+    )
     # One number for the whole batch.
-    fails(check.total_variation, lambda x: (x[..., 1:, :] - x[..., :-1, :]).pow(2).sum()
-          + (x[..., 1:] - x[..., :-1]).pow(2).sum(), match=r"one value per image\) has shape \(\), expected \(2,\)")
+    fails(
+        check.total_variation,
+        lambda x: (x[..., 1:, :] - x[..., :-1, :]).pow(2).sum() + (x[..., 1:] - x[..., :-1]).pow(2).sum(),
+        match=r"one value per image\) has shape \(\), expected \(2,\)",
+    )
     # The first channel only.
     fails(check.total_variation, lambda x: reference.total_variation(x[:, :1]) * 1.0, match="second channel")
     # Hard-coded and input-ignoring answers.
@@ -417,8 +503,17 @@ def test_total_variation_check(capsys):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _visualise_variant(tv_fn=None, descend=False, optimiser="adam", zero_grad=True, low=-1, copy_x0=True,
-                       penalty_sign=1.0, maximize=False, roll=True):
+def _visualise_variant(
+    tv_fn=None,
+    descend=False,
+    optimiser="adam",
+    zero_grad=True,
+    low=-1,
+    copy_x0=True,
+    penalty_sign=1.0,
+    maximize=False,
+    roll=True,
+):
     """Activation maximisation written another way (``maximize=True`` lets Adam ascend), with one plausible mistake
     at a time."""
     tv_fn = tv_fn or reference.total_variation
@@ -447,16 +542,23 @@ def test_visualise_check_passes_right_answers(capsys):
     fails(check.visualise, reference.visualise, match="reference implementation")
 
 
-@pytest.mark.parametrize("variant, match", [
-    (dict(descend=True), r"moved by lr \*down\* the gradient"),
-    (dict(optimiser="sgd"), r"moved by .* on average, where Adam's first step moves each pixel by about lr=0.1"),
-    (dict(zero_grad=False), r"after 2 steps .* \(each step uses that step's gradient alone\) .* at image \d, "
-                            r"channel 0, row \d, col \d"),
-    (dict(low=0), "spread over every shift from -2 to 2"),
-    (dict(roll=False), "spread over every shift"),
-    (dict(penalty_sign=-1.0), "with l2=0.5 the images' L2 norm should be much smaller"),
-    (dict(copy_x0=False), "modified its input `x0` in place"),
-], ids=["descends", "sgd", "no-zero-grad", "positive-shifts-only", "no-roll", "penalty-sign", "in-place"])
+@pytest.mark.parametrize(
+    "variant, match",
+    [
+        (dict(descend=True), r"moved by lr \*down\* the gradient"),
+        (dict(optimiser="sgd"), r"moved by .* on average, where Adam's first step moves each pixel by about lr=0.1"),
+        (
+            dict(zero_grad=False),
+            r"after 2 steps .* \(each step uses that step's gradient alone\) .* at image \d, "
+            r"channel 0, row \d, col \d",
+        ),
+        (dict(low=0), "spread over every shift from -2 to 2"),
+        (dict(roll=False), "spread over every shift"),
+        (dict(penalty_sign=-1.0), "with l2=0.5 the images' L2 norm should be much smaller"),
+        (dict(copy_x0=False), "modified its input `x0` in place"),
+    ],
+    ids=["descends", "sgd", "no-zero-grad", "positive-shifts-only", "no-roll", "penalty-sign", "in-place"],
+)
 def test_visualise_check_says_what_is_wrong(variant, match):
     fails(check.visualise, _visualise_variant(**variant), match=match)
 
@@ -519,14 +621,20 @@ def test_top_activating_examples_check(capsys):
         order = sorted(range(len(images)), key=lambda i: (-float(values[i]), -i))[:k]
         return values[order], torch.tensor(order)
 
-    fails(check.top_activating_examples, topk, match="ranks hold another image than they should: equal activations "
-          "go to the lower index first")
+    fails(
+        check.top_activating_examples,
+        topk,
+        match="ranks hold another image than they should: equal activations go to the lower index first",
+    )
     fails(check.top_activating_examples, ascending, match="not in descending order")
     fails(check.top_activating_examples, bottom_k, match="image 0, which you left out, activates the unit more")
     fails(check.top_activating_examples, later_index_first, match="lower index first")
     fails(check.top_activating_examples, lambda fn, images, k: torch.arange(k), match="return a pair")
-    fails(check.top_activating_examples, lambda fn, images, k: (torch.ones(k), torch.arange(k)),
-          match="activations of the images you return")  # hard-coded
+    fails(
+        check.top_activating_examples,
+        lambda fn, images, k: (torch.ones(k), torch.arange(k)),
+        match="activations of the images you return",
+    )  # hard-coded
     fails(check.top_activating_examples, reference.top_activating_examples, match="reference implementation")
 
 
@@ -544,13 +652,13 @@ def _per_example_gradients(model, x, y, layer="out", labels=None):
         weight = module.weight.detach().clone().requires_grad_(True)
         bias = module.bias.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            _, cache = model.run_with_cache(x[i:i + 1])
+            _, cache = model.run_with_cache(x[i : i + 1])
             if layer == "out":
                 logits = F.linear(cache["fc"], weight, bias)
             else:  # the hidden layer's parameters instead of the final layer's
                 pooled = F.max_pool2d(cache["conv2"], 2).flatten(1)
                 logits = model.out(F.relu(F.linear(pooled, weight, bias)))
-            loss = F.cross_entropy(logits, (y if labels is None else labels)[i:i + 1])
+            loss = F.cross_entropy(logits, (y if labels is None else labels)[i : i + 1])
             grad_weight, grad_bias = torch.autograd.grad(loss, [weight, bias])
         rows.append(torch.cat([grad_weight.flatten(), grad_bias]))
     return torch.stack(rows)
@@ -589,16 +697,22 @@ def test_tracin_check(capsys):
 
     def logits_not_probabilities(model, test_x, test_y, train_x, train_y):
         identity = lambda logits: logits  # noqa: E731
-        return (closed_form(model, test_x, test_y, error_of=identity)
-                @ closed_form(model, train_x, train_y, error_of=identity).T)
+        return (
+            closed_form(model, test_x, test_y, error_of=identity)
+            @ closed_form(model, train_x, train_y, error_of=identity).T
+        )
 
     def cosine(model, test_x, test_y, train_x, train_y):
-        return (F.normalize(closed_form(model, test_x, test_y), dim=-1)
-                @ F.normalize(closed_form(model, train_x, train_y), dim=-1).T)
+        return (
+            F.normalize(closed_form(model, test_x, test_y), dim=-1)
+            @ F.normalize(closed_form(model, train_x, train_y), dim=-1).T
+        )
 
     def hidden_layer(model, test_x, test_y, train_x, train_y):
-        return (_per_example_gradients(model, test_x, test_y, layer="fc")
-                @ _per_example_gradients(model, train_x, train_y, layer="fc").T)
+        return (
+            _per_example_gradients(model, test_x, test_y, layer="fc")
+            @ _per_example_gradients(model, train_x, train_y, layer="fc").T
+        )
 
     def negated_test_gradient(model, test_x, test_y, train_x, train_y):
         return -_tracin_by_autograd(model, test_x, test_y, train_x, train_y)
@@ -619,8 +733,7 @@ def test_tracin_check(capsys):
     fails(check.tracin_scores, mutating, match="changed the model's parameters")
     fails(check.tracin_scores, lambda m, a, b, c, d: torch.zeros(len(a), len(c)), match=rows)  # hard-coded
     fails(check.tracin_scores, lambda m, a, b, c, d: _tracin_by_autograd(m, a, b, c, d).T, match="shape")
-    fails(check.tracin_scores, lambda m, a, b, c, d: _tracin_by_autograd(m, a, b, c, d).tolist(),
-          match="torch.Tensor")
+    fails(check.tracin_scores, lambda m, a, b, c, d: _tracin_by_autograd(m, a, b, c, d).tolist(), match="torch.Tensor")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -654,12 +767,18 @@ def test_pick_area_check(capsys):
     check.pick_area(_pick, hidden="3c4d5e6f")  # written differently, hidden tables
     assert capsys.readouterr().out.count("correct") == 2
     fails(check.pick_area, reference.pick_area, match="reference implementation")
-    fails(check.pick_area, lambda m, d, w=0.5: _pick(m, d, w, tie_rule=False),
-          match="'saes' has the larger excitement, but you pick 'grokking'")
+    fails(
+        check.pick_area,
+        lambda m, d, w=0.5: _pick(m, d, w, tie_rule=False),
+        match="'saes' has the larger excitement, but you pick 'grokking'",
+    )
     fails(check.pick_area, lambda m, d, w=0.5: _pick(m, {}, w), match="value of 'grokking' .*both scores given")
     fails(check.pick_area, lambda m, d, w=0.5: _pick(m, d, 1 - w), match=r"value of 'grokking' \(weight_mine=1")
-    fails(check.pick_area, lambda m, d, w=0.5: _pick(m, d, w, none_as_zero=True),
-          match=r"value of 'grokking' \(the deck gives no excitement \(None\)")
+    fails(
+        check.pick_area,
+        lambda m, d, w=0.5: _pick(m, d, w, none_as_zero=True),
+        match=r"value of 'grokking' \(the deck gives no excitement \(None\)",
+    )
 
     def with_deck_only_areas(m, d, w=0.5):
         best, values = _pick(m, d, w)
@@ -678,17 +797,24 @@ def test_pick_area_check(capsys):
 
 
 def test_my_scores_check(capsys):
-    good = {area: {"low_hanging_fruit": 5, "excitement": 5, "difficulty": 5}
-            for area in ("circuits", "grokking", "saes")}
+    good = {
+        area: {"low_hanging_fruit": 5, "excitement": 5, "difficulty": 5} for area in ("circuits", "grokking", "saes")
+    }
     before = copy.deepcopy(good)
     check.my_scores(good)
     assert "correct (3 areas" in capsys.readouterr().out and good == before
     check.my_scores(dict(good, modularity={"low_hanging_fruit": 0, "excitement": 10, "difficulty": 7}))
     fails(check.my_scores, {k: v for k, v in good.items() if k != "saes"}, match=r"missing \['saes'\]")
-    fails(check.my_scores, dict(good, saes={"low_hanging_fruit": 11, "excitement": 5, "difficulty": 5}),
-          match="'saes'.*scores go from 0 to 10")
-    fails(check.my_scores, dict(good, saes={"low_hanging_fruit": None, "excitement": 5, "difficulty": 5}),
-          match="'saes'.*is None")
+    fails(
+        check.my_scores,
+        dict(good, saes={"low_hanging_fruit": 11, "excitement": 5, "difficulty": 5}),
+        match="'saes'.*scores go from 0 to 10",
+    )
+    fails(
+        check.my_scores,
+        dict(good, saes={"low_hanging_fruit": None, "excitement": 5, "difficulty": 5}),
+        match="'saes'.*is None",
+    )
     fails(check.my_scores, [good], match="dict")
     message = fails(check.my_scores, dict(good, sae=good["saes"]), match=r"unknown area name\(s\) \['sae'\]")
     assert all(area in message for area in research.AREAS)
@@ -709,7 +835,11 @@ def test_digits_load_offline_and_the_cnn_caches_its_activations():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     logits, cache = a.run_with_cache(data.test_x[:5])
     assert {k: tuple(v.shape) for k, v in cache.items()} == {
-        "conv1": (5, 8, 8, 8), "conv2": (5, 16, 8, 8), "fc": (5, 32), "logits": (5, 10)}
+        "conv1": (5, 8, 8, 8),
+        "conv2": (5, 16, 8, 8),
+        "fc": (5, 32),
+        "logits": (5, 10),
+    }
     assert torch.equal(logits, cache["logits"])
     with pytest.raises(ValueError, match="layer"):
         history.UnitActivation(a, "conv3", 0)
@@ -778,14 +908,22 @@ def _unfinished_pick_area():
 
 def test_pick_demo_skips_with_a_message_while_the_scores_are_not_filled_in(capsys):
     deck = {area: research.deck_scores(area) for area in research.AREAS}
-    blank = {area: {"low_hanging_fruit": None, "excitement": None, "difficulty": None}
-             for area in ["circuits", "grokking", "saes"]}  # the student version's starting point
-    for my_scores in (blank, dict(blank, circuits={"low_hanging_fruit": 3, "excitement": 4, "difficulty": 4}),
-                      {"sae": {"low_hanging_fruit": 3, "excitement": 4, "difficulty": 4}}, {}, None):
+    blank = {
+        area: {"low_hanging_fruit": None, "excitement": None, "difficulty": None}
+        for area in ["circuits", "grokking", "saes"]
+    }  # the student version's starting point
+    for my_scores in (
+        blank,
+        dict(blank, circuits={"low_hanging_fruit": 3, "excitement": 4, "difficulty": 4}),
+        {"sae": {"low_hanging_fruit": 3, "excitement": 4, "difficulty": 4}},
+        {},
+        None,
+    ):
         _run_cell("code-58", {"my_scores": my_scores, "pick_area": _unfinished_pick_area(), "DECK_SCORES": deck})
         assert capsys.readouterr().out.startswith("Skipped: fill in every score of my_scores in Exercise 6.1 first")
-    filled = {area: {"low_hanging_fruit": 5, "excitement": 6, "difficulty": 4} for area in ["circuits", "grokking",
-                                                                                             "saes"]}
+    filled = {
+        area: {"low_hanging_fruit": 5, "excitement": 6, "difficulty": 4} for area in ["circuits", "grokking", "saes"]
+    }
     _run_cell("code-58", {"my_scores": filled, "pick_area": _unfinished_pick_area(), "DECK_SCORES": deck})
     out = capsys.readouterr().out
     best = reference.pick_area(filled, deck)[0]
@@ -821,8 +959,11 @@ def test_every_exercise_says_why_it_matters_and_how_it_is_checked():
         meta = cell["metadata"]["nbgrader"]
         if not meta.get("solution"):
             continue
-        j = max(k for k in range(i) if cells[k]["cell_type"] == "markdown"
-                and not cells[k]["metadata"]["nbgrader"].get("solution"))
+        j = max(
+            k
+            for k in range(i)
+            if cells[k]["cell_type"] == "markdown" and not cells[k]["metadata"]["nbgrader"].get("solution")
+        )
         text = " ".join("".join(cells[j]["source"]).split())
         assert "Why it matters" in text, (meta["grade_id"], text[:80])
         assert re.search(r"How it is (checked|graded)", text), (meta["grade_id"], text[:80])

@@ -32,13 +32,30 @@ def test_no_module_imports_another_modules_private_names():
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module != "__future__":
-                offenders += [f"{path.relative_to(ROOT)}: from {node.module} import {a.name}"
-                              for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                offenders += [
+                    f"{path.relative_to(ROOT)}: from {node.module} import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
             if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
                 base = node.value
-                if isinstance(base, ast.Name) and base.id in {"models", "tasks", "training", "plots", "research",
-                                                                "checking", "reference", "checks", "wire", "judge",
-                                                                "execute", "sandbox", "grade", "build", "export"}:
+                if isinstance(base, ast.Name) and base.id in {
+                    "models",
+                    "tasks",
+                    "training",
+                    "plots",
+                    "research",
+                    "checking",
+                    "reference",
+                    "checks",
+                    "wire",
+                    "judge",
+                    "execute",
+                    "sandbox",
+                    "grade",
+                    "build",
+                    "export",
+                }:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {base.id}.{node.attr}")
     assert not offenders, "\n".join(offenders)
 
@@ -65,10 +82,16 @@ def test_a_graded_kernel_can_import_the_library_without_answers_or_checks():
     the grader's sandbox: every other module must still import."""
     from mechinterp_course.instructor import sandbox
 
-    names = [".".join(p.relative_to(ROOT).with_suffix("").parts) for p in _modules()
-             if p.name not in HIDDEN and p.name != "__main__.py"]
-    stubs = {f"mechinterp_course.{p.name}.{name[:-3]}": text for p in _chapter_packages()
-             for name, text in sandbox.HIDDEN_MODULES.items()}
+    names = [
+        ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        for p in _modules()
+        if p.name not in HIDDEN and p.name != "__main__.py"
+    ]
+    stubs = {
+        f"mechinterp_course.{p.name}.{name[:-3]}": text
+        for p in _chapter_packages()
+        for name, text in sandbox.HIDDEN_MODULES.items()
+    }
     script = (
         "import importlib, sys, types\n"
         f"for name, text in {stubs!r}.items():\n"

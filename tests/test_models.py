@@ -59,8 +59,9 @@ def test_initialisation_is_documented_and_deterministic():
 
 
 def test_recipe_is_deterministic_for_a_seed(tmp_path):
-    (m1, card1, _), (m2, card2, _) = [recipes.build("induction-2l", seed=5, progress=False, zoo_dir=tmp_path / str(i),
-                                                    steps=20) for i in range(2)]
+    (m1, card1, _), (m2, card2, _) = [
+        recipes.build("induction-2l", seed=5, progress=False, zoo_dir=tmp_path / str(i), steps=20) for i in range(2)
+    ]
     for key, value in m1.state_dict().items():
         assert torch.equal(value, m2.state_dict()[key]), key
     assert card1["metrics"] == card2["metrics"]
@@ -137,7 +138,7 @@ def test_grokking_model_grokked_and_its_trajectory_remeasures():
     assert grokked - memorised["step"] >= 1000, "grokking: generalisation comes long after memorisation"
     late_losses = {row["train_loss"] for row in log if row["step"] >= 2000}
     assert len(late_losses) > 100 and min(late_losses) > 0, "the log must keep significant figures, not decimals"
-    assert card["training"]["n_train"] == round(0.3 * recipes.MODADD_P ** 2)
+    assert card["training"]["n_train"] == round(0.3 * recipes.MODADD_P**2)
     assert {"restricted_loss", "excluded_loss", "gini_W_E", "sum_squared_weights"} <= set(card["progress_measures"][0])
     curve = {row["step"]: row for row in card["accuracy_at_snapshots"]}
     snapshots = models.load_snapshots("modadd-113")

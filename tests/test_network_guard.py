@@ -6,9 +6,8 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 import conftest
+import pytest
 from conftest import NetworkAccessError
 
 # A documentation address (TEST-NET-3, RFC 5737): never routed, so nothing is sent even if the guard were broken.
@@ -41,9 +40,11 @@ def test_loopback_is_allowed():
 
 def test_subprocesses_are_offline_and_their_attempts_are_recorded():
     before = os.path.getsize(conftest.NETWORK_LOG) if os.path.exists(conftest.NETWORK_LOG) else 0
-    code = ("import socket\n"
-            f"try:\n    socket.create_connection({OUTSIDE!r}, timeout=1)\nexcept OSError as e:\n    print('refused', e)\n"
-            "try:\n    socket.getaddrinfo('example.org', 443)\nexcept OSError as e:\n    print('refused', e)\n")
+    code = (
+        "import socket\n"
+        f"try:\n    socket.create_connection({OUTSIDE!r}, timeout=1)\nexcept OSError as e:\n    print('refused', e)\n"
+        "try:\n    socket.getaddrinfo('example.org', 443)\nexcept OSError as e:\n    print('refused', e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.count("refused network access is disabled") == 2, out.stdout + out.stderr
     recorded = conftest._kernel_attempts_since(before)

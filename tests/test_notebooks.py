@@ -16,8 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*/*.ipynb"))
 
 
-@pytest.mark.parametrize("path", SOLUTIONS + sorted((ROOT / "chapters").glob("*/*.ipynb")),
-                         ids=lambda p: f"{p.parents[1].name}/{p.parent.name}")
+@pytest.mark.parametrize(
+    "path",
+    SOLUTIONS + sorted((ROOT / "chapters").glob("*/*.ipynb")),
+    ids=lambda p: f"{p.parents[1].name}/{p.parent.name}",
+)
 def test_committed_notebooks_carry_no_outputs(path):
     nb = nbformat.read(path, as_version=4)
     with_outputs = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
@@ -47,11 +50,13 @@ def test_every_written_question_stays_visible_to_students(path):
             continue
         before = nb.cells[i - 1]
         before_meta = before.metadata.get("nbgrader", {})
-        assert before.cell_type == "markdown" and before_meta.get("locked") and not before_meta.get("solution"), \
+        assert before.cell_type == "markdown" and before_meta.get("locked") and not before_meta.get("solution"), (
             f"answer cell {meta['grade_id']} of {path.name} must follow a read-only markdown cell holding its question"
+        )
         assert len(before.source.strip()) > 40, f"the cell before {meta['grade_id']} should state the question"
-        assert "YOUR ANSWER HERE" not in cell.source and "**Question" not in cell.source, \
+        assert "YOUR ANSWER HERE" not in cell.source and "**Question" not in cell.source, (
             f"answer cell {meta['grade_id']} of {path.name} carries question text that students will not see"
+        )
         released = nbformat.read(ROOT / "chapters" / path.parent.name / path.name, as_version=4)
         index = next(j for j, c in enumerate(released.cells) if c.id == cell.id)
         assert released.cells[index].source.strip() == "YOUR ANSWER HERE"
@@ -59,8 +64,11 @@ def test_every_written_question_stays_visible_to_students(path):
 
 
 def _code_cells(nb, **flags):
-    return [c for c in nb.cells if c.cell_type == "code"
-            and all(bool(c.metadata.get("nbgrader", {}).get(k)) == v for k, v in flags.items())]
+    return [
+        c
+        for c in nb.cells
+        if c.cell_type == "code" and all(bool(c.metadata.get("nbgrader", {}).get(k)) == v for k, v in flags.items())
+    ]
 
 
 def test_every_test_cell_is_plain_check_calls_with_a_hidden_part_of_its_own():
@@ -96,7 +104,9 @@ def test_exercise_functions_are_declared_and_demo_cells_never_reach_for_answers(
                     decorators = [ast.unparse(d) for d in node.decorator_list]
                     assert any(d.startswith("exercise") for d in decorators), f"{path.name}: {node.name}"
         for cell in _code_cells(nb, grade=False):
-            assert not re.search(r"\.reference\b|import\s+reference\b|\breference\.", cell.source), \
+            assert not re.search(r"\.reference\b|import\s+reference\b|\breference\.", cell.source), (
                 f"{path.name}: a cell uses the reference: {cell.source[:80]!r}"
-            assert not any(line.lstrip().startswith("check.") for line in cell.source.splitlines()), \
+            )
+            assert not any(line.lstrip().startswith("check.") for line in cell.source.splitlines()), (
                 f"{path.name}: a cell that is not a test cell calls a check"
+            )

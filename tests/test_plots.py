@@ -30,13 +30,16 @@ def test_import_sets_the_template():
     assert pio.templates.default == plots.TEMPLATE == "plotly_white"
 
 
-@pytest.mark.parametrize("current, environ, expected", [
-    ("plotly_mimetype", {}, "plotly_mimetype"),
-    ("plotly_mimetype+notebook", {}, "plotly_mimetype"),  # would inline 4.8 MB of plotly.js
-    ("plotly_mimetype", {"COLAB_RELEASE_TAG": "release"}, "colab"),
-    ("plotly_mimetype+notebook", {"PLOTLY_RENDERER": "notebook"}, "plotly_mimetype+notebook"),  # user's choice
-    ("browser", {}, "browser"),
-])
+@pytest.mark.parametrize(
+    "current, environ, expected",
+    [
+        ("plotly_mimetype", {}, "plotly_mimetype"),
+        ("plotly_mimetype+notebook", {}, "plotly_mimetype"),  # would inline 4.8 MB of plotly.js
+        ("plotly_mimetype", {"COLAB_RELEASE_TAG": "release"}, "colab"),
+        ("plotly_mimetype+notebook", {"PLOTLY_RENDERER": "notebook"}, "plotly_mimetype+notebook"),  # user's choice
+        ("browser", {}, "browser"),
+    ],
+)
 def test_renderer_choice(current, environ, expected):
     assert plots.choose_renderer(current, environ) == expected
     assert "connected" not in plots.choose_renderer(current, environ)
@@ -45,8 +48,16 @@ def test_renderer_choice(current, environ, expected):
 # Inputs ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [torch.tensor([[1.0, -2.0]]), np.array([[1.0, -2.0]]), [[1, -2]],
-                                    torch.tensor([[1.0, -2.0]], requires_grad=True), torch.tensor([[1, -2]])])
+@pytest.mark.parametrize(
+    "values",
+    [
+        torch.tensor([[1.0, -2.0]]),
+        np.array([[1.0, -2.0]]),
+        [[1, -2]],
+        torch.tensor([[1.0, -2.0]], requires_grad=True),
+        torch.tensor([[1, -2]]),
+    ],
+)
 def test_to_numpy_accepts_tensors_arrays_lists(values):
     array = plots._to_numpy(values)
     assert isinstance(array, np.ndarray)
@@ -86,8 +97,9 @@ def test_layer_head_heatmap_annotates_small_grids_only():
 
 
 def test_layer_head_heatmap_custom_labels():
-    fig = plots.layer_head_heatmap(np.arange(4.0).reshape(2, 2), row_labels=["L0H0", "L0H1"],
-                                   col_labels=["L1H0", "L1H1"])
+    fig = plots.layer_head_heatmap(
+        np.arange(4.0).reshape(2, 2), row_labels=["L0H0", "L0H1"], col_labels=["L1H0", "L1H1"]
+    )
     assert list(fig.layout.yaxis.ticktext) == ["L0H0", "L0H1"]
     assert list(fig.layout.xaxis.ticktext) == ["L1H0", "L1H1"]
     assert fig.data[0].text[0][1] == "L0H0, L1H1"
@@ -123,8 +135,7 @@ def test_layer_pos_heatmap():
 
 
 def test_line_one_trace_per_series():
-    fig = plots.line({"loss": torch.tensor([3.0, 2.0, 1.0]), "baseline": [1, 1, 1]}, title="t", xlabel="x",
-                     ylabel="y")
+    fig = plots.line({"loss": torch.tensor([3.0, 2.0, 1.0]), "baseline": [1, 1, 1]}, title="t", xlabel="x", ylabel="y")
     assert [trace.name for trace in fig.data] == ["loss", "baseline"]
     np.testing.assert_allclose(fig.data[0].y, [3.0, 2.0, 1.0])
     np.testing.assert_allclose(fig.data[1].x, [0, 1, 2])
@@ -256,8 +267,10 @@ def test_attention_patterns_rejects_nan():
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_generated_scripts_are_valid_javascript(tmp_path):
     pattern = _causal_pattern(2, 3)
-    for name, view in [("inline", plots.attention_patterns(["a", "b", "c"], pattern)),
-                       ("light", plots.attention_patterns(["a", "b", "c"], pattern, inline_js=False))]:
+    for name, view in [
+        ("inline", plots.attention_patterns(["a", "b", "c"], pattern)),
+        ("light", plots.attention_patterns(["a", "b", "c"], pattern, inline_js=False)),
+    ]:
         script = re.search(r'<script type="module">\n(.*)\n</script>', view._repr_html_(), re.S).group(1)
         path = tmp_path / f"{name}.mjs"
         path.write_text(script, encoding="utf-8")
@@ -271,15 +284,28 @@ def test_generated_scripts_are_valid_javascript(tmp_path):
 def _event(title, track, start, end=None, date_note="", from_deck=True, deck_text=""):
     from types import SimpleNamespace
 
-    return SimpleNamespace(title=title, track=track, start=start, end=end, date_label=f"{start[0]}",
-                           date_note=date_note, summary=f"what {title} did", from_deck=from_deck,
-                           deck_text=deck_text, slides=(7,), chapters_text="01 Circuits")
+    return SimpleNamespace(
+        title=title,
+        track=track,
+        start=start,
+        end=end,
+        date_label=f"{start[0]}",
+        date_note=date_note,
+        summary=f"what {title} did",
+        from_deck=from_deck,
+        deck_text=deck_text,
+        slides=(7,),
+        chapters_text="01 Circuits",
+    )
 
 
 def test_timeline_figure_one_marker_trace_per_track_with_spans_and_hovers():
     tracks = {"a": "Track A (slide 6)", "b": "Track B", "empty": "Nothing here"}
-    events = [_event("first", "a", (2015, 1)), _event("span", "a", (2020, 3), end=(2021, 4)),
-              _event("later", "b", (2023, 5), date_note="the course's date", from_deck=False, deck_text="Dec 2021")]
+    events = [
+        _event("first", "a", (2015, 1)),
+        _event("span", "a", (2020, 3), end=(2021, 4)),
+        _event("later", "b", (2023, 5), date_note="the course's date", from_deck=False, deck_text="Dec 2021"),
+    ]
     fig = plots.timeline_figure(events, tracks, title="T")
     markers = [trace for trace in fig.data if trace.mode == "markers+text"]
     assert [trace.name for trace in markers] == ["Track A (slide 6)", "Track B"]  # the empty track has none
@@ -325,8 +351,11 @@ def test_image_grid_one_panel_per_image_with_titles_and_a_centred_scale():
 
 
 def test_deck_scores_figure_leaves_out_areas_without_scores():
-    scores = {"a": {"lhf": 2, "excitement": None}, "b": {"lhf": None, "excitement": None}, "c": {"lhf": 7,
-                                                                                               "excitement": 3}}
+    scores = {
+        "a": {"lhf": 2, "excitement": None},
+        "b": {"lhf": None, "excitement": None},
+        "c": {"lhf": 7, "excitement": 3},
+    }
     fig = plots.deck_scores_figure(scores, {"a": "Area A"})
     assert [trace.name for trace in fig.data] == ["lhf", "excitement"]
     assert list(fig.data[0].x) == ["Area A", "c"] and list(fig.data[1].y) == [None, 3]

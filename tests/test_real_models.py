@@ -13,9 +13,17 @@ import torch
 from mechinterp_course import real_models
 
 HOOKS_THE_COURSE_USES = [
-    "hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_pattern", "blocks.0.attn.hook_z",
-    "blocks.0.attn.hook_q", "blocks.0.attn.hook_k", "blocks.0.attn.hook_v", "blocks.0.hook_attn_out",
-    "blocks.0.hook_resid_post", "blocks.1.attn.hook_pattern",
+    "hook_embed",
+    "hook_pos_embed",
+    "blocks.0.hook_resid_pre",
+    "blocks.0.attn.hook_pattern",
+    "blocks.0.attn.hook_z",
+    "blocks.0.attn.hook_q",
+    "blocks.0.attn.hook_k",
+    "blocks.0.attn.hook_v",
+    "blocks.0.hook_attn_out",
+    "blocks.0.hook_resid_post",
+    "blocks.1.attn.hook_pattern",
 ]
 ATOL = 1e-4
 
@@ -68,7 +76,10 @@ def test_same_seed_same_weights_and_global_rng_untouched(tmp_path):
 
 def test_bridge_config_matches_the_tiny_model(bridge):
     assert (bridge.cfg.n_layers, bridge.cfg.n_heads, bridge.cfg.d_model) == (
-        real_models.TINY_N_LAYER, real_models.TINY_N_HEAD, real_models.TINY_N_EMBD)
+        real_models.TINY_N_LAYER,
+        real_models.TINY_N_HEAD,
+        real_models.TINY_N_EMBD,
+    )
     assert bridge.cfg.d_vocab == real_models.TINY_VOCAB_SIZE
     assert not bridge.training
     assert bridge.to_str_tokens("hi")[1:] == ["h", "i"]  # BOS first, then one token per byte

@@ -120,23 +120,27 @@ def test_unknown_area_suggests_the_close_name():
 
 def test_validate_accepts_and_normalises():
     assert research.validate_scores(GOOD) == GOOD
-    assert list(research.validate_scores({"difficulty": 5, "excitement": 7, "low_hanging_fruit": 3})) == \
-        list(research.SCORE_KEYS)
+    assert list(research.validate_scores({"difficulty": 5, "excitement": 7, "low_hanging_fruit": 3})) == list(
+        research.SCORE_KEYS
+    )
     odd_ints = {"low_hanging_fruit": np.int64(0), "excitement": torch.tensor(10), "difficulty": 7.0}
     result = research.validate_scores(odd_ints)
     assert result == {"low_hanging_fruit": 0, "excitement": 10, "difficulty": 7}
     assert all(type(v) is int for v in result.values())
 
 
-@pytest.mark.parametrize("value, error, message", [
-    (None, ValueError, "'excitement' is None: replace the None with your score from 0 to 10"),
-    (True, TypeError, "'excitement' is True.*not a bool"),
-    (np.bool_(False), TypeError, "'excitement'.*not a bool"),
-    (11, ValueError, "'excitement' is 11: scores go from 0 to 10"),
-    (-1, ValueError, "'excitement' is -1"),
-    (7.5, ValueError, "'excitement' is 7.5: scores are whole numbers"),
-    ("7", TypeError, "'excitement' is '7' \\(str\\)"),
-])
+@pytest.mark.parametrize(
+    "value, error, message",
+    [
+        (None, ValueError, "'excitement' is None: replace the None with your score from 0 to 10"),
+        (True, TypeError, "'excitement' is True.*not a bool"),
+        (np.bool_(False), TypeError, "'excitement'.*not a bool"),
+        (11, ValueError, "'excitement' is 11: scores go from 0 to 10"),
+        (-1, ValueError, "'excitement' is -1"),
+        (7.5, ValueError, "'excitement' is 7.5: scores are whole numbers"),
+        ("7", TypeError, "'excitement' is '7' \\(str\\)"),
+    ],
+)
 def test_validate_rejects_bad_values(value, error, message):
     with pytest.raises(error, match=message):
         research.validate_scores({**GOOD, "excitement": value})
@@ -162,8 +166,10 @@ def test_save_load_round_trip(tmp_path):
     assert research.save_scores("circuits", GOOD, path) == path
     research.save_scores("saes", {"low_hanging_fruit": 9.0, "excitement": 8, "difficulty": 8}, path)
     research.save_scores("circuits", {**GOOD, "difficulty": 6}, path)  # overwrites circuits only
-    assert research.load_scores(path) == {"circuits": {**GOOD, "difficulty": 6},
-                                          "saes": {"low_hanging_fruit": 9, "excitement": 8, "difficulty": 8}}
+    assert research.load_scores(path) == {
+        "circuits": {**GOOD, "difficulty": 6},
+        "saes": {"low_hanging_fruit": 9, "excitement": 8, "difficulty": 8},
+    }
     assert json.loads(path.read_text())["saes"]["low_hanging_fruit"] == 9
     assert not list(tmp_path.glob("*.partial"))
 
@@ -193,11 +199,14 @@ def test_default_path_is_cwd_then_env(tmp_path, monkeypatch):
     assert research.load_scores(tmp_path / "mechinterp_scores.json") == {"backup": GOOD}
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "should be a JSON object"),
-    ('{"circuits": {"low_hanging_fruit": 3, "excitement": 12, "difficulty": 1}}', "'circuits' are invalid"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "should be a JSON object"),
+        ('{"circuits": {"low_hanging_fruit": 3, "excitement": 12, "difficulty": 1}}', "'circuits' are invalid"),
+    ],
+)
 def test_corrupt_file_is_a_clear_error_not_silently_empty(tmp_path, content, message):
     path = tmp_path / "scores.json"
     path.write_text(content)
@@ -280,8 +289,10 @@ def test_table_for_one_area_before_anything_is_filled_in():
 
 
 def test_table_for_many_areas_with_partial_scores():
-    mine = {"circuits": {"low_hanging_fruit": 3, "excitement": None, "difficulty": 5},
-            "backup": {"low_hanging_fruit": 4, "excitement": 4, "difficulty": 4}}
+    mine = {
+        "circuits": {"low_hanging_fruit": 3, "excitement": None, "difficulty": 5},
+        "backup": {"low_hanging_fruit": 4, "excitement": 4, "difficulty": 4},
+    }
     table = research.score_table(list(research.AREAS), mine)
     assert list(table.index) == list(research.AREAS)
     assert table.loc["circuits", ("you - deck", "low_hanging_fruit")] == 1

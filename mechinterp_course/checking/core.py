@@ -113,7 +113,7 @@ def using_record(record: ExerciseRecord) -> Iterator[ExerciseRecord]:
 CHAPTER_PACKAGES = ("history", "circuits", "grokking")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exercise_numbers(chapter: str | None = None) -> dict[str, str]:
     """exercise name -> its number in the notebook (``"2.4"``), read from the chapter's generated reference (every
     chapter's when ``chapter`` is None). Empty where the references are not available: a graded kernel never
@@ -212,7 +212,7 @@ def check(name: str, *, functions: int = 1, depends_on: Sequence[str] = (), chap
 
 
 def _dependency_note(record: ExerciseRecord, name: str, depends_on: Sequence[str], chapter: str | None) -> str:
-    """" (This exercise builds on X (exercise 2.1), which has not passed its check yet: fix that one first.)" """
+    """ " (This exercise builds on X (exercise 2.1), which has not passed its check yet: fix that one first.)" """
     reached = record.reached or set()
     earlier = [d for d in (*depends_on, *sorted(reached)) if d != name and not record.has_passed(d)]
     earlier = list(dict.fromkeys(earlier))
@@ -220,8 +220,11 @@ def _dependency_note(record: ExerciseRecord, name: str, depends_on: Sequence[str
         return ""
     listed = ", ".join(exercise_label(d, chapter) for d in earlier)
     verb = "has" if len(earlier) == 1 else "have"
-    return (f"\n(This exercise builds on {listed}, which {verb} not passed {'its check' if len(earlier) == 1 else 'their checks'} "
-            f"yet: fix {'that one' if len(earlier) == 1 else 'those'} first.)")
+    return (
+        f"\n(This exercise builds on {listed}, which {verb} not passed "
+        f"{'its check' if len(earlier) == 1 else 'their checks'} "
+        f"yet: fix {'that one' if len(earlier) == 1 else 'those'} first.)"
+    )
 
 
 def fail(message: str) -> None:
@@ -360,8 +363,16 @@ def as_tensor(value: Any, what: str) -> Tensor:
     raise AssertionError  # unreachable: fail raises
 
 
-def compare(actual: Any, expected: Tensor, what: str = "the output", *, atol: float = ATOL, rtol: float = RTOL,
-            context: str = "", index: IndexNames = None) -> None:
+def compare(
+    actual: Any,
+    expected: Tensor,
+    what: str = "the output",
+    *,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+    context: str = "",
+    index: IndexNames = None,
+) -> None:
     """Compare a student's tensor with the reference's, in the order that teaches: type, shape, dtype, NaNs, then
     the values; a mismatch names the worst entry by what it is (``index=``) and never prints the expected tensor."""
     where = f" {context}" if context else ""
@@ -382,8 +393,10 @@ def compare(actual: Any, expected: Tensor, what: str = "the output", *, atol: fl
         fail(f"{what}{where} is {float(actual_f):.6g}, which is off by {float(error):.3g}.")
     worst = tuple(int(i) for i in torch.nonzero(error == error.max())[0].tolist())
     n_bad, n = int((~close).sum()), close.numel()
-    fail(f"{n_bad} of {n} values of {what}{where} are wrong; the largest error is {float(error.max()):.3g}, at "
-         f"{describe_index(worst, index)}.")
+    fail(
+        f"{n_bad} of {n} values of {what}{where} are wrong; the largest error is {float(error.max()):.3g}, at "
+        f"{describe_index(worst, index)}."
+    )
 
 
 def unchanged(before: Tensor, after: Tensor, name: str) -> None:
@@ -439,6 +452,5 @@ def wrong_answers(variable: str, given: Any, key: Any) -> list[Any]:
     if isinstance(key, dict):
         return [item for item, digest in key.items() if answer_digest(variable, item, given.get(item)) != digest]
     if isinstance(key, list):
-        return [i for i, digest in enumerate(key)
-                if i >= len(given) or answer_digest(variable, i, given[i]) != digest]
+        return [i for i, digest in enumerate(key) if i >= len(given) or answer_digest(variable, i, given[i]) != digest]
     return [] if answer_digest(variable, None, given) == key else [None]

@@ -98,8 +98,10 @@ class Exercise:
         cell = _cell_key()
         if cell != self._noted_in or cell is None:
             self._noted_in = cell
-            print(f"(Your {exercise_label(self.name)} {why}, so this cell uses {instead}; run the check cell once your "
-                  f"function is written.)")
+            print(
+                f"(Your {exercise_label(self.name)} {why}, so this cell uses {instead}; run the check cell once your "
+                f"function is written.)"
+            )
 
 
 def exercise(fn: Callable | None = None, *, fallback: Callable | None = None) -> Any:

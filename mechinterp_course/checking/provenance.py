@@ -78,7 +78,7 @@ def _code_objects(code: types.CodeType):
 
 def _cell_is_set(cell) -> bool:
     try:
-        cell.cell_contents
+        _ = cell.cell_contents
     except ValueError:  # an empty cell: the variable is not assigned yet
         return False
     return True
@@ -110,10 +110,16 @@ def calls_reference(fn: Callable, reference: Callable) -> bool:
         defaults = list(func.__defaults__ or ()) + list((func.__kwdefaults__ or {}).values())
         if any(namespace.get(n) is reference for n in global_names) or any(v is reference for v in defaults):
             return True
-        reachable = (any(reaches_home(namespace.get(n)) for n in global_names) or any(map(reaches_home, closure))
-                     or any(ins.opname == "IMPORT_NAME" and ins.argval in home_and_parents for ins in instructions))
-        named = any(ins.argval == name for ins in instructions
-                    if ins.opname in _ATTRIBUTE_OPS or (ins.opname == "LOAD_CONST" and isinstance(ins.argval, str)))
+        reachable = (
+            any(reaches_home(namespace.get(n)) for n in global_names)
+            or any(map(reaches_home, closure))
+            or any(ins.opname == "IMPORT_NAME" and ins.argval in home_and_parents for ins in instructions)
+        )
+        named = any(
+            ins.argval == name
+            for ins in instructions
+            if ins.opname in _ATTRIBUTE_OPS or (ins.opname == "LOAD_CONST" and isinstance(ins.argval, str))
+        )
         if reachable and named:
             return True
         # The student's own helpers: functions of the same namespace that it calls by their global name (an
@@ -142,8 +148,10 @@ def refusal(exercise: str, fn: Any) -> str | None:
     reference = reference_of(exercise)
     if is_remote(fn) or reference is None or not calls_reference(fn, reference):
         return None
-    return (f"your function calls the course library's `{reference.__name__}`, the answer to this exercise; write "
-            f"the computation yourself (other library helpers are fine).")
+    return (
+        f"your function calls the course library's `{reference.__name__}`, the answer to this exercise; write "
+        f"the computation yourself (other library helpers are fine)."
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -175,8 +183,10 @@ def _restricted_copy(fn: Callable, what: str) -> tuple[Callable, dict[str, str]]
     def refuse_captured(owner: str, name: str, value: Any, where: str) -> None:
         if isinstance(value, (types.ModuleType, torch.nn.Module)):
             kind = "a model" if isinstance(value, torch.nn.Module) else f"the module `{value.__name__}`"
-            fail(f"`{owner}` holds {kind} in {where} `{name}`; {what} must work from the tokens alone, so it may not "
-                 f"capture modules or models.")
+            fail(
+                f"`{owner}` holds {kind} in {where} `{name}`; {what} must work from the tokens alone, so it may not "
+                f"capture modules or models."
+            )
 
     def restrict(value: Any) -> Any:
         value = unwrap_exercise(value)
@@ -244,14 +254,18 @@ def tokens_only(fn: Callable, what: str) -> Callable:
             result = None
         except NameError as error:
             if getattr(error, "name", None) in hidden:
-                fail(f"{what} uses `{error.name}`, {hidden[error.name]}: it must work from its arguments alone, so "
-                     f"the check hides models and the course library from it.")
+                fail(
+                    f"{what} uses `{error.name}`, {hidden[error.name]}: it must work from its arguments alone, so "
+                    f"the check hides models and the course library from it."
+                )
             raise
         finally:
             handle.remove()
         if ran:
-            fail(f"{what} ran a model ({ran[0]}): it must work from its arguments alone, not from what a model does "
-                 f"on them.")
+            fail(
+                f"{what} ran a model ({ran[0]}): it must work from its arguments alone, not from what a model does "
+                f"on them."
+            )
         return result
 
     return run

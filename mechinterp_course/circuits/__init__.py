@@ -77,8 +77,15 @@ def head_labels(n_layers: int, n_heads: int) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def run_with_heads_ablated(model, tokens: Tensor, heads: Sequence[tuple[int, int]], ablate: AblateFn,
-                           method: str = "mean", reference_tokens: Tensor | None = None, seed: int = 0) -> Tensor:
+def run_with_heads_ablated(
+    model,
+    tokens: Tensor,
+    heads: Sequence[tuple[int, int]],
+    ablate: AblateFn,
+    method: str = "mean",
+    reference_tokens: Tensor | None = None,
+    seed: int = 0,
+) -> Tensor:
     """Logits of ``model`` on ``tokens`` with every ``(layer, head)`` in ``heads`` ablated by ``ablate`` (the
     chapter's ``ablate_head``) with ``method``; mean and resample ablation read ``reference_tokens``' activations."""
     reference_cache = None
@@ -112,8 +119,9 @@ def induction_reference_tokens(d_vocab: int, batch: int = 128, seed: int = 7) ->
     return tasks.periodic_tokens(batch, 64, d_vocab, 6, 32, seed=seed)
 
 
-def circuit_faithfulness(model, tokens: Tensor, mask: Tensor, circuit: Sequence[tuple[int, int]], ablate: AblateFn,
-                         reference_tokens: Tensor) -> dict[str, float]:
+def circuit_faithfulness(
+    model, tokens: Tensor, mask: Tensor, circuit: Sequence[tuple[int, int]], ablate: AblateFn, reference_tokens: Tensor
+) -> dict[str, float]:
     """How much of the full model's performance the circuit alone keeps, on the masked predictions.
 
     ``mask [batch, pos - 1]`` marks the predictions (of ``tokens[:, i + 1]`` from position ``i``) that count.
@@ -178,8 +186,9 @@ def probe_predictions(tokens: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def k_composition_scores(model, score_fn: Callable[[Tensor, Tensor], Tensor], layer_a: int = 0,
-                         layer_b: int = 1) -> Tensor:
+def k_composition_scores(
+    model, score_fn: Callable[[Tensor, Tensor], Tensor], layer_a: int = 0, layer_b: int = 1
+) -> Tensor:
     """``[n_heads(layer_a), n_heads(layer_b)]``: how much each later head's key reads each earlier head's output,
     scored by ``score_fn`` (the chapter's ``composition_score``).
 

@@ -90,8 +90,9 @@ def _matches(value: Any, target: Tensor | float, atol: float = ATOL, rtol: float
 Mistake = tuple[Tensor | Callable[[], Any], str]
 
 
-def _explain(actual: Any, expected: Tensor, mistakes: Sequence[Mistake], atol: float = ATOL,
-             rtol: float = RTOL) -> None:
+def _explain(
+    actual: Any, expected: Tensor, mistakes: Sequence[Mistake], atol: float = ATOL, rtol: float = RTOL
+) -> None:
     """Before the element-wise comparison: if ``actual`` is wrong but is what a known mistake gives, fail with that
     mistake's message."""
     if _matches(actual, expected, atol, rtol):
@@ -114,8 +115,15 @@ def _metric_of(model, tokens: Tensor, metric: Callable, hooks: Sequence = ()) ->
         return metric(model.run_with_hooks(tokens, fwd_hooks=list(hooks)) if hooks else model(tokens)).detach()
 
 
-def _patch_z(model, tokens: Tensor, source_cache, layer: int, heads: Sequence[int], metric: Callable,
-             positions: slice = slice(None)) -> Tensor:
+def _patch_z(
+    model,
+    tokens: Tensor,
+    source_cache,
+    layer: int,
+    heads: Sequence[int],
+    metric: Callable,
+    positions: slice = slice(None),
+) -> Tensor:
     """The metric of a run on ``tokens`` with ``heads`` of ``layer`` (at ``positions``) patched from
     ``source_cache``: what patching a whole head (or a whole layer, or one position) gives."""
     name = f"blocks.{layer}.attn.hook_z"
@@ -156,25 +164,39 @@ def get_attention_pattern(fn: Callable) -> str:
         if pattern is not None:
             # The properties of any attention pattern first: finite, causal, each query's row a distribution.
             if not torch.isfinite(pattern).all():
-                fail(f"your pattern {context} has infinite or NaN entries: a pattern is the softmax of the "
-                     f"attention scores (hook_pattern), not the masked scores before it.")
+                fail(
+                    f"your pattern {context} has infinite or NaN entries: a pattern is the softmax of the "
+                    f"attention scores (hook_pattern), not the masked scores before it."
+                )
             if pattern.triu(1).abs().max() > 1e-6:
                 transposed = torch.allclose(pattern.sum(-2), torch.ones_like(pattern.sum(-2)), atol=1e-4)
-                fail(f"your pattern {context} gives weight to keys after their query"
-                     + (" and its columns, not its rows, sum to 1: you transposed it; the dimensions are "
-                        "[batch, n_heads, query_pos, key_pos]." if transposed else
-                        ": the dimensions are [batch, n_heads, query_pos, key_pos], and a query attends only to "
-                        "itself and earlier keys."))
+                fail(
+                    f"your pattern {context} gives weight to keys after their query"
+                    + (
+                        " and its columns, not its rows, sum to 1: you transposed it; the dimensions are "
+                        "[batch, n_heads, query_pos, key_pos]."
+                        if transposed
+                        else ": the dimensions are [batch, n_heads, query_pos, key_pos], and a query attends only to "
+                        "itself and earlier keys."
+                    )
+                )
             sums = pattern.sum(-1)
             if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
-                fail(f"the rows of your pattern {context} sum to between {float(sums.min()):.3g} and "
-                     f"{float(sums.max()):.3g} over the keys; each query's attention is a distribution that sums "
-                     f"to 1 (read hook_pattern: the softmax of the scores).")
+                fail(
+                    f"the rows of your pattern {context} sum to between {float(sums.min()):.3g} and "
+                    f"{float(sums.max()):.3g} over the keys; each query's attention is a distribution that sums "
+                    f"to 1 (read hook_pattern: the softmax of the scores)."
+                )
             for other in range(n_layers):
-                if other != layer and _matches(pattern, cache[f"blocks.{other}.attn.hook_pattern"]) \
-                        and not _matches(pattern, expected):
-                    fail(f"asked for layer {layer}, your function returned layer {other}'s pattern: use the "
-                         f"`layer` argument in the hook name.")
+                if (
+                    other != layer
+                    and _matches(pattern, cache[f"blocks.{other}.attn.hook_pattern"])
+                    and not _matches(pattern, expected)
+                ):
+                    fail(
+                        f"asked for layer {layer}, your function returned layer {other}'s pattern: use the "
+                        f"`layer` argument in the hook name."
+                    )
         compare(actual, expected, "the pattern", context=context, index=names)
     return "3 inputs, both layers; finite, causal, rows summing to 1"
 
@@ -196,13 +218,16 @@ def _perfect_and_useless(offset: int, seq: int) -> Tensor:
 
 
 #: Where each score's diagonal lies, as section 2's table says it (for the messages).
-_OFFSETS = {"previous_token_scores": "1 below the diagonal (key q - 1)",
-            "duplicate_token_scores": "half_len below the diagonal (key q - half_len)",
-            "induction_scores": "half_len - 1 below the diagonal (key q - half_len + 1)"}
+_OFFSETS = {
+    "previous_token_scores": "1 below the diagonal (key q - 1)",
+    "duplicate_token_scores": "half_len below the diagonal (key q - half_len)",
+    "induction_scores": "half_len - 1 below the diagonal (key q - half_len + 1)",
+}
 
 
-def _check_score(name: str, fn: Callable, reference_fn: Callable, job: str, offset_of: Callable[[int], int],
-                 needs_half_len: bool) -> str:
+def _check_score(
+    name: str, fn: Callable, reference_fn: Callable, job: str, offset_of: Callable[[int], int], needs_half_len: bool
+) -> str:
     # Known answers first: they say what is wrong (an off-by-one offset, a sum instead of a mean).
     half_len = 6
     perfect = _perfect_and_useless(offset_of(half_len), 1 + 2 * half_len)
@@ -214,22 +239,30 @@ def _check_score(name: str, fn: Callable, reference_fn: Callable, job: str, offs
         perfect_score, useless_score = float(found[0]), float(found[1])
         if not math.isclose(perfect_score, 1.0, abs_tol=1e-4):
             if perfect_score > 1.0:
-                why = ("a score is a mean over the query positions where the key exists (and over the batch), "
-                       "not a sum.")
+                why = "a score is a mean over the query positions where the key exists (and over the batch), not a sum."
             elif perfect_score < 0.5:
-                why = (f"your diagonal misses where the head attends. Check the offset: the key is "
-                       f"{_OFFSETS[name]}, and torch.diagonal(pattern, offset=-k, dim1=-2, dim2=-1) reads it.")
+                why = (
+                    f"your diagonal misses where the head attends. Check the offset: the key is "
+                    f"{_OFFSETS[name]}, and torch.diagonal(pattern, offset=-k, dim1=-2, dim2=-1) reads it."
+                )
             else:
-                why = ("average only over the query positions where the key exists: the entries of that one "
-                       "diagonal.")
-            fail(f"a head that always attends {job} scores {perfect_score:.3g} with your function ({context}); it "
-                 f"must score 1: {why}")
+                why = "average only over the query positions where the key exists: the entries of that one diagonal."
+            fail(
+                f"a head that always attends {job} scores {perfect_score:.3g} with your function ({context}); it "
+                f"must score 1: {why}"
+            )
         if not math.isclose(useless_score, 0.0, abs_tol=1e-4):
-            fail(f"a head that never attends {job} (it attends to BOS) scores {useless_score:.3g} with your "
-                 f"function ({context}); it must score 0: read only the diagonal {_OFFSETS[name]}.")
-    compare(scores, torch.tensor([1.0, 0.0]), "the scores", context=f"of a head that always attends {job} "
-            f"(expected 1) and one that never does (expected 0), {context}",
-            index=lambda i: ["the perfect head", "the useless head"][i[0]])
+            fail(
+                f"a head that never attends {job} (it attends to BOS) scores {useless_score:.3g} with your "
+                f"function ({context}); it must score 0: read only the diagonal {_OFFSETS[name]}."
+            )
+    compare(
+        scores,
+        torch.tensor([1.0, 0.0]),
+        "the scores",
+        context=f"of a head that always attends {job} (expected 1) and one that never does (expected 0), {context}",
+        index=lambda i: ["the perfect head", "the useless head"][i[0]],
+    )
     for trial in trials(3):
         batch, n_heads, half_len = trial.randint(1, 3), trial.randint(2, 8), trial.randint(5, 17)
         pattern = _causal_pattern(batch, n_heads, 1 + 2 * half_len, trial.generator)
@@ -237,30 +270,48 @@ def _check_score(name: str, fn: Callable, reference_fn: Callable, job: str, offs
         before = pattern.clone()
         actual = call(fn, pattern, *extra)
         unchanged(before, pattern, "pattern")
-        compare(actual, reference_fn(pattern, *extra), "the scores", context=f"(pattern of shape "
-                f"{tuple(pattern.shape)}{f', half_len {half_len}' if needs_half_len else ''})", index=["H"])
+        compare(
+            actual,
+            reference_fn(pattern, *extra),
+            "the scores",
+            context=f"(pattern of shape {tuple(pattern.shape)}{f', half_len {half_len}' if needs_half_len else ''})",
+            index=["H"],
+        )
     return "a perfect and a useless head, then 3 random patterns of different shapes"
 
 
 @check("previous_token_scores")
 def previous_token_scores(fn: Callable) -> str:
     """``fn(pattern [batch, n_heads, q, k]) -> [n_heads]``."""
-    return _check_score("previous_token_scores", fn, reference.previous_token_scores, "to the previous token",
-                        lambda half_len: 1, False)
+    return _check_score(
+        "previous_token_scores", fn, reference.previous_token_scores, "to the previous token", lambda half_len: 1, False
+    )
 
 
 @check("duplicate_token_scores")
 def duplicate_token_scores(fn: Callable) -> str:
     """``fn(pattern, half_len) -> [n_heads]``."""
-    return _check_score("duplicate_token_scores", fn, reference.duplicate_token_scores,
-                        "to the earlier copy of its token", lambda half_len: half_len, True)
+    return _check_score(
+        "duplicate_token_scores",
+        fn,
+        reference.duplicate_token_scores,
+        "to the earlier copy of its token",
+        lambda half_len: half_len,
+        True,
+    )
 
 
 @check("induction_scores")
 def induction_scores(fn: Callable) -> str:
     """``fn(pattern, half_len) -> [n_heads]``."""
-    return _check_score("induction_scores", fn, reference.induction_scores,
-                        "to the token after the earlier copy of its token", lambda half_len: half_len - 1, True)
+    return _check_score(
+        "induction_scores",
+        fn,
+        reference.induction_scores,
+        "to the token after the earlier copy of its token",
+        lambda half_len: half_len - 1,
+        True,
+    )
 
 
 def induction_circuit(model) -> list[tuple[int, int]]:
@@ -294,8 +345,10 @@ def circuit_heads(previous_token_heads: Any, induction_heads: Any) -> str:
         truth = {tuple(lh) for lh in torch.nonzero(expected[name] > INDUCTION_THRESHOLD).tolist()}
         missing, extra = truth - given_set, given_set - truth
         if missing or extra:
-            fail(f"{name}: {len(missing)} head(s) above the {INDUCTION_THRESHOLD} threshold are missing and "
-                 f"{len(extra)} listed head(s) are below it.")
+            fail(
+                f"{name}: {len(missing)} head(s) above the {INDUCTION_THRESHOLD} threshold are missing and "
+                f"{len(extra)} listed head(s) are below it."
+            )
     return "both lists match the heads whose scores exceed the threshold"
 
 
@@ -317,19 +370,27 @@ def previous_token_attention(fn: Callable) -> str:
     anchor = _working_until(len(until), seq, until)
     expected = reference.previous_token_attention(anchor)
     actual = call(fn, anchor.clone())
-    job = (f"heads that attend to the previous token at query positions 1 to {until[0]}, at every position, and "
-           f"never ({seq} positions)")
+    job = (
+        f"heads that attend to the previous token at query positions 1 to {until[0]}, at every position, and "
+        f"never ({seq} positions)"
+    )
     if isinstance(actual, Tensor) and tuple(actual.shape) == (len(until), seq - 1):
-        fail(f"your result has {seq - 1} entries per head for {seq} query positions: give one per query "
-             f"position, NaN at position 0 (BOS has no previous token), so that entry p is query position p.")
+        fail(
+            f"your result has {seq - 1} entries per head for {seq} query positions: give one per query "
+            f"position, NaN at position 0 (BOS has no previous token), so that entry p is query position p."
+        )
     curve = _as_float(actual, expected.shape)
     if curve is not None:
         if not torch.isnan(curve[:, 0]).all():
-            fail("entry 0 (query position 0, BOS) must be NaN (float('nan')): BOS has no previous token, and a 0 "
-                 "there would read as 'attends elsewhere'.")
+            fail(
+                "entry 0 (query position 0, BOS) must be NaN (float('nan')): BOS has no previous token, and a 0 "
+                "there would read as 'attends elsewhere'."
+            )
         if _matches(curve[:, 1:-1], expected[:, 2:]) or _matches(curve[:, 2:], expected[:, 1:-1]):
-            fail(f"for {job}, your curves are shifted by one position: entry p must be the attention of query "
-                 f"position p to position p - 1.")
+            fail(
+                f"for {job}, your curves are shifted by one position: entry p must be the attention of query "
+                f"position p to position p - 1."
+            )
     compare(actual, expected, "the curves", context=f"of {job}", index=["H", "query "])
     for trial in trials(3):
         batch, n_heads, seq = trial.randint(2, 4), trial.randint(2, 6), trial.randint(8, 40)
@@ -337,8 +398,13 @@ def previous_token_attention(fn: Callable) -> str:
         before = pattern.clone()
         actual = call(fn, pattern)
         unchanged(before, pattern, "pattern")
-        compare(actual, reference.previous_token_attention(pattern), "the curves",
-                context=f"(pattern of shape {tuple(pattern.shape)})", index=["H", "query "])
+        compare(
+            actual,
+            reference.previous_token_attention(pattern),
+            "the curves",
+            context=f"(pattern of shape {tuple(pattern.shape)})",
+            index=["H", "query "],
+        )
     return "heads that work everywhere, nowhere and up to a position; 3 random patterns of different shapes"
 
 
@@ -360,12 +426,16 @@ def previous_token_until(given: Any) -> str:
     if given == truth:
         return f"L0H{strongest} works up to query position {truth}, measured on a fresh batch"
     if abs(given - truth) == 1:
-        fail(f"off by one. Give the query position itself (BOS is position 0, and entry p of "
-             f"previous_token_attention is query position p): the last one at which L0H{strongest} still gives at "
-             f"least {ATTENTION_MAJORITY} of its attention to the previous token.")
-    fail(f"L0H{strongest} does not stop at query position {given}: find the last position p at which its "
-         f"attention to the previous token is at least {ATTENTION_MAJORITY} (from position 1 up to p, every "
-         f"position is).")
+        fail(
+            f"off by one. Give the query position itself (BOS is position 0, and entry p of "
+            f"previous_token_attention is query position p): the last one at which L0H{strongest} still gives at "
+            f"least {ATTENTION_MAJORITY} of its attention to the previous token."
+        )
+    fail(
+        f"L0H{strongest} does not stop at query position {given}: find the last position p at which its "
+        f"attention to the previous token is at least {ATTENTION_MAJORITY} (from position 1 up to p, every "
+        f"position is)."
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -386,19 +456,31 @@ def head_direct_logit_attribution(fn: Callable) -> str:
         actual = call(fn, z.clone(), W_O.clone(), direction.clone())
         context = f"(z of shape {tuple(z.shape)})"
         expected = reference.head_direct_logit_attribution(z, W_O, direction)
-        _explain(actual, expected, [
-            (expected.T, "your result is [n_heads, batch]; return [batch, n_heads]."),
-            (reference.head_direct_logit_attribution(z, W_O, direction[:1].expand_as(direction)),
-             "every example is scored along the first example's direction: each example has its own "
-             "(direction[i] for example i)."),
-        ], atol=1e-3)
+        _explain(
+            actual,
+            expected,
+            [
+                (expected.T, "your result is [n_heads, batch]; return [batch, n_heads]."),
+                (
+                    reference.head_direct_logit_attribution(z, W_O, direction[:1].expand_as(direction)),
+                    "every example is scored along the first example's direction: each example has its own "
+                    "(direction[i] for example i).",
+                ),
+            ],
+            atol=1e-3,
+        )
         # The property: the heads' terms add up to the whole layer's output along the direction.
         total = (torch.einsum("bhd,hdm->bm", z, W_O) * direction).sum(-1)
         terms = _as_float(actual, (batch, n_heads))
         if terms is not None:
-            compare(terms.sum(-1), total, "the sum over heads of your attributions", atol=1e-3,
-                    context=f"{context}: it must equal the layer's summed output dotted with the direction",
-                    index=["example "])
+            compare(
+                terms.sum(-1),
+                total,
+                "the sum over heads of your attributions",
+                atol=1e-3,
+                context=f"{context}: it must equal the layer's summed output dotted with the direction",
+                index=["example "],
+            )
         compare(actual, expected, "the attributions", context=context, atol=1e-3, index=["example ", "H"])
     return "3 random shapes; the heads' attributions add up to the layer's output"
 
@@ -446,16 +528,19 @@ def decompose_logit_diff(fn: Callable) -> str:
         total = float(terms.detach().double().sum())
         if abs(total - true_diff) > 1e-3 * max(1.0, abs(true_diff)):
             if math.isclose(total, batch * true_diff, rel_tol=1e-3):
-                fail(f"your terms sum to {total:.4g}, {batch} times the logit difference {true_diff:.4g} {context}: "
-                     f"each term is the mean over the batch, not the sum.")
+                fail(
+                    f"your terms sum to {total:.4g}, {batch} times the logit difference {true_diff:.4g} {context}: "
+                    f"each term is the mean over the batch, not the sum."
+                )
             missing = [label for label in labels if label not in given_labels]
             note = f" (your labels lack {', '.join(map(repr, missing))})" if missing else ""
-            fail(f"your terms sum to {total:.4g}, but the model's logit difference is {true_diff:.4g} {context}: the "
-                 f"decomposition is exact, so some term is missing or wrong{note}.")
+            fail(
+                f"your terms sum to {total:.4g}, but the model's logit difference is {true_diff:.4g} {context}: the "
+                f"decomposition is exact, so some term is missing or wrong{note}."
+            )
         if given_labels != labels:
             fail(f"the labels should be {labels}, in that order; got {given_labels}.")
-        compare(terms, expected.detach(), "the terms", atol=1e-3, context=context,
-                index=[labels])
+        compare(terms, expected.detach(), "the terms", atol=1e-3, context=context, index=[labels])
     return "2 fresh prompt batches, with random biases; the terms sum to the true logit difference"
 
 
@@ -481,8 +566,10 @@ def ablate_head(fn: Callable) -> str:
         others = [h for h in range(n_heads) if h != head]
         for method in UNKNOWN_ABLATION_METHODS:
             if not raises(ValueError, fn, z.clone(), head, method, ref.clone(), index.clone()):
-                fail(f"method={method!r} returned a value; an unknown method should raise a ValueError (so that a "
-                     f"typo cannot silently run the wrong ablation).")
+                fail(
+                    f"method={method!r} returned a value; an unknown method should raise a ValueError (so that a "
+                    f"typo cannot silently run the wrong ablation)."
+                )
         for method in ("zero", "mean", "resample"):
             before = z.clone()
             actual = call(fn, z, head, method, ref.clone(), index.clone())
@@ -492,22 +579,36 @@ def ablate_head(fn: Callable) -> str:
             if out is not None:
                 changed = [f"H{h}" for h in others if not torch.allclose(out[:, :, h], z[:, :, h].double())]
                 if changed:
-                    fail(f"your {method} ablation of H{head} also changed {', '.join(changed)}: every head but the "
-                         f"one asked for must be left as it was (index the head dimension, z[:, :, head]).")
+                    fail(
+                        f"your {method} ablation of H{head} also changed {', '.join(changed)}: every head but the "
+                        f"one asked for must be left as it was (index the head dimension, z[:, :, head])."
+                    )
             expected = reference.ablate_head(z, head, method, ref, index)
             ablated = functools.partial(_ablated_with, reference.ablate_head(z, head, "zero"), head)
-            _explain(actual, expected, [
-                (ablated(ref[:, :pos, head].mean(dim=(0, 1))),
-                 f"your mean ablation puts the same vector at every position: the mean is over the reference's "
-                 f"batch only, one mean per position {context}."),
-                (ablated(z[:, :, head].mean(dim=0)),
-                 f"you averaged z itself; the mean comes from `reference` (its first pos positions) {context}."),
-                (ablated(ref[:batch, :pos, head]),
-                 f"row i must get reference row resample_index[i], not reference row i {context}."),
-            ])
+            _explain(
+                actual,
+                expected,
+                [
+                    (
+                        ablated(ref[:, :pos, head].mean(dim=(0, 1))),
+                        f"your mean ablation puts the same vector at every position: the mean is over the reference's "
+                        f"batch only, one mean per position {context}.",
+                    ),
+                    (
+                        ablated(z[:, :, head].mean(dim=0)),
+                        f"you averaged z itself; the mean comes from `reference` (its first pos positions) {context}.",
+                    ),
+                    (
+                        ablated(ref[:batch, :pos, head]),
+                        f"row i must get reference row resample_index[i], not reference row i {context}.",
+                    ),
+                ],
+            )
             compare(actual, expected, "the ablated z", context=context, index=["example ", "pos ", "H", "d_head "])
-    return ("unknown methods refused; zero, mean and resample ablation on 2 random shapes; other heads and your "
-            "input left untouched")
+    return (
+        "unknown methods refused; zero, mean and resample ablation on 2 random shapes; other heads and your "
+        "input left untouched"
+    )
 
 
 def _ablated_with(zeroed: Tensor, head: int, value: Tensor) -> Tensor:
@@ -523,8 +624,12 @@ def _ablated_with(zeroed: Tensor, head: int, value: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 #: (shape of ``value``, how clean and corrupted are given, whether clean < corrupted) per trial.
-_NORMALISED_METRIC_TRIALS = [((10,), "float", False), ((3, 4), "0-d tensor", True), ((), "float", True),
-                             ((6,), "per-example tensor", False)]
+_NORMALISED_METRIC_TRIALS = [
+    ((10,), "float", False),
+    ((3, 4), "0-d tensor", True),
+    ((), "float", True),
+    ((6,), "per-example tensor", False),
+]
 
 
 @check("normalised_metric")
@@ -539,8 +644,10 @@ def normalised_metric(fn: Callable) -> str:
         clean, corrupted = (low, high) if clean_below else (high, low)
         if kind == "float":
             clean, corrupted = float(clean), float(corrupted)
-        context = (f"(value of shape {tuple(shape)}, clean and corrupted as {kind}s, clean "
-                   f"{'below' if clean_below else 'above'} corrupted)")
+        context = (
+            f"(value of shape {tuple(shape)}, clean and corrupted as {kind}s, clean "
+            f"{'below' if clean_below else 'above'} corrupted)"
+        )
         cases.append((values, clean, corrupted, context, ["example "] if kind == "per-example tensor" else None))
     # The anchors first: the clean run itself maps to 1, the corrupted run to 0 (and not the other way round).
     for _, clean, corrupted, context, names in cases:
@@ -548,27 +655,40 @@ def normalised_metric(fn: Callable) -> str:
         clean_maps = call(fn, at_clean, clean, corrupted)
         corrupted_maps = call(fn, at_corrupted, clean, corrupted)
         if _matches(clean_maps, torch.zeros(at_clean.shape)) and _matches(corrupted_maps, torch.ones(at_clean.shape)):
-            fail(f"your function maps the clean run to 0 and the corrupted run to 1 {context}: you swapped clean and "
-                 f"corrupted. 1 means 'as clean', 0 'as corrupted'.")
+            fail(
+                f"your function maps the clean run to 0 and the corrupted run to 1 {context}: you swapped clean and "
+                f"corrupted. 1 means 'as clean', 0 'as corrupted'."
+            )
         for maps, end, target in [(clean_maps, "clean", 1.0), (corrupted_maps, "corrupted", 0.0)]:
             got = _as_float(maps, at_clean.shape)
             if got is not None and not _matches(got, torch.full(at_clean.shape, target)):
-                fail(f"your function maps the {end} run's own metric to {float(got.flatten()[0]):.4g}; it must map it "
-                     f"to {target:g} {context}.")
-            compare(maps, torch.full(at_clean.shape, target), f"the normalised metric of the {end} run itself",
-                    context=context, index=names)
+                fail(
+                    f"your function maps the {end} run's own metric to {float(got.flatten()[0]):.4g}; it must map it "
+                    f"to {target:g} {context}."
+                )
+            compare(
+                maps,
+                torch.full(at_clean.shape, target),
+                f"the normalised metric of the {end} run itself",
+                context=context,
+                index=names,
+            )
     for values, clean, corrupted, context, names in cases:
         expected = torch.as_tensor(reference.normalised_metric(values, clean, corrupted)).float()
-        compare(call(fn, values.clone(), clean, corrupted), expected, "the normalised values", context=context,
-                index=names)
-    return (f"the clean run maps to 1 and the corrupted run to 0; {len(cases)} random trials (floats and tensors, "
-            f"either sign)")
+        compare(
+            call(fn, values.clone(), clean, corrupted), expected, "the normalised values", context=context, index=names
+        )
+    return (
+        f"the clean run maps to 1 and the corrupted run to 0; {len(cases)} random trials (floats and tensors, "
+        f"either sign)"
+    )
 
 
 def _patching_trials(model, corruption: str = "value", n: int = 2):
     for trial in trials(n):
-        pair = tasks.patching_pair(trial.randint(5, 8), trial.randint(6, 10), model.cfg.d_vocab,
-                                   corruption=corruption, seed=trial.seed)
+        pair = tasks.patching_pair(
+            trial.randint(5, 8), trial.randint(6, 10), model.cfg.d_vocab, corruption=corruption, seed=trial.seed
+        )
         yield pair, LogitDiff(pair.answer, pair.wrong)
 
 
@@ -591,33 +711,51 @@ def patch_residual_by_layer_pos(fn: Callable) -> str:
             clean_value = float(_metric_of(model, pair.clean, metric))
             corrupted_value = float(_metric_of(model, pair.corrupted, metric))
             source = pair.source_pos
-            others = torch.cat([found[0, :source], found[0, source + 1:]])
-            if _matches(others, torch.full(others.shape, clean_value), atol=1e-3) \
-                    and _matches(found[0, source], corrupted_value, atol=1e-3):
-                fail(f"where patching changes nothing (layer 0, every position but the changed token's) your map "
-                     f"gives the clean run's metric {clean_value:.4g}, not the corrupted run's {corrupted_value:.4g} "
-                     f"{context}: you swapped them. Run the corrupted input and patch in the clean activations.")
+            others = torch.cat([found[0, :source], found[0, source + 1 :]])
+            if _matches(others, torch.full(others.shape, clean_value), atol=1e-3) and _matches(
+                found[0, source], corrupted_value, atol=1e-3
+            ):
+                fail(
+                    f"where patching changes nothing (layer 0, every position but the changed token's) your map "
+                    f"gives the clean run's metric {clean_value:.4g}, not the corrupted run's {corrupted_value:.4g} "
+                    f"{context}: you swapped them. Run the corrupted input and patch in the clean activations."
+                )
             if not _matches(others, torch.full(others.shape, corrupted_value), atol=1e-3):
-                fail(f"at layer 0 only position {source} (the changed token) differs between the two runs, so "
-                     f"patching any other position must leave the corrupted run's metric {corrupted_value:.4g}; "
-                     f"yours does not {context}. Patch blocks.L.hook_resid_pre (the stream entering block L), one "
-                     f"position at a time, and clone the activation before changing it.")
+                fail(
+                    f"at layer 0 only position {source} (the changed token) differs between the two runs, so "
+                    f"patching any other position must leave the corrupted run's metric {corrupted_value:.4g}; "
+                    f"yours does not {context}. Patch blocks.L.hook_resid_pre (the stream entering block L), one "
+                    f"position at a time, and clone the activation before changing it."
+                )
             if not _matches(found[0, source], clean_value, atol=1e-3):
-                fail(f"patching layer 0 at position {source}, the only one that differs, must restore the clean "
-                     f"run's metric {clean_value:.4g} exactly; yours gives {float(found[0, source]):.4g} {context}. "
-                     f"Patch blocks.L.hook_resid_pre (the stream entering block L) at that position.")
+                fail(
+                    f"patching layer 0 at position {source}, the only one that differs, must restore the clean "
+                    f"run's metric {clean_value:.4g} exactly; yours gives {float(found[0, source]):.4g} {context}. "
+                    f"Patch blocks.L.hook_resid_pre (the stream entering block L) at that position."
+                )
         compare(actual, expected, "the patching map", atol=1e-3, context=context, index=["L", "pos "])
     return "changed and unchanged positions at layer 0; 2 fresh clean/corrupted batches of different lengths"
 
 
-def _patched_grid(model, tokens: Tensor, source_cache, metric: Callable, whole_layer: bool = False,
-                  positions: slice = slice(None)) -> Tensor:
+def _patched_grid(
+    model, tokens: Tensor, source_cache, metric: Callable, whole_layer: bool = False, positions: slice = slice(None)
+) -> Tensor:
     """``[n_layers, n_heads]``: the metric with each head (or, ``whole_layer``, its whole layer) patched at
     ``positions``: what the usual slips of head patching give."""
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    return torch.tensor([[float(_patch_z(model, tokens, source_cache, layer,
-                                         range(n_heads) if whole_layer else [head], metric, positions))
-                          for head in range(n_heads)] for layer in range(n_layers)])
+    return torch.tensor(
+        [
+            [
+                float(
+                    _patch_z(
+                        model, tokens, source_cache, layer, range(n_heads) if whole_layer else [head], metric, positions
+                    )
+                )
+                for head in range(n_heads)
+            ]
+            for layer in range(n_layers)
+        ]
+    )
 
 
 @check("patch_heads")
@@ -629,9 +767,15 @@ def patch_heads(fn: Callable) -> str:
     pair, metric = next(_patching_trials(model, n=1))
     same = call(fn, model, pair.corrupted.clone(), pair.corrupted.clone(), metric)
     model.reset_hooks()
-    compare(same, _metric_of(model, pair.corrupted, metric).expand(n_layers, n_heads), "the per-head results",
-            atol=1e-3, index=layer_head_index, context="with clean = corrupted (patching then changes nothing: "
-            "every entry must be the corrupted run's metric, the raw logit difference)")
+    compare(
+        same,
+        _metric_of(model, pair.corrupted, metric).expand(n_layers, n_heads),
+        "the per-head results",
+        atol=1e-3,
+        index=layer_head_index,
+        context="with clean = corrupted (patching then changes nothing: "
+        "every entry must be the corrupted run's metric, the raw logit difference)",
+    )
     for pair, metric in _patching_trials(model):
         context = _batch_context(pair)
         expected = reference.patch_heads(model, pair.clean, pair.corrupted, metric).detach()
@@ -639,16 +783,30 @@ def patch_heads(fn: Callable) -> str:
         model.reset_hooks()
         clean_cache = _cache(model, pair.clean)
 
-        _explain(actual, expected, [
-            (functools.partial(reference.patch_heads, model, pair.corrupted, pair.clean, metric),
-             f"you ran the clean input and patched in the corrupted run's activations {context}: run the corrupted "
-             f"input and patch in the clean ones."),
-            (functools.partial(_patched_grid, model, pair.corrupted, clean_cache, metric, whole_layer=True),
-             f"every head of a layer gives the same result: you patched the whole layer's z at once {context}; "
-             f"patch one head's slice, z[:, :, head]."),
-            (functools.partial(_patched_grid, model, pair.corrupted, clean_cache, metric, positions=slice(-1, None)),
-             f"you patched the head at the last position only {context}; patch it at every position."),
-        ], atol=1e-3)
+        _explain(
+            actual,
+            expected,
+            [
+                (
+                    functools.partial(reference.patch_heads, model, pair.corrupted, pair.clean, metric),
+                    f"you ran the clean input and patched in the corrupted run's activations {context}: run the "
+                    "corrupted "
+                    f"input and patch in the clean ones.",
+                ),
+                (
+                    functools.partial(_patched_grid, model, pair.corrupted, clean_cache, metric, whole_layer=True),
+                    f"every head of a layer gives the same result: you patched the whole layer's z at once {context}; "
+                    f"patch one head's slice, z[:, :, head].",
+                ),
+                (
+                    functools.partial(
+                        _patched_grid, model, pair.corrupted, clean_cache, metric, positions=slice(-1, None)
+                    ),
+                    f"you patched the head at the last position only {context}; patch it at every position.",
+                ),
+            ],
+            atol=1e-3,
+        )
         compare(actual, expected, "the per-head results", atol=1e-3, context=context, index=layer_head_index)
     return "clean = corrupted changes nothing; 2 fresh clean/corrupted batches"
 
@@ -658,19 +816,29 @@ def attribution_patch_heads(fn: Callable) -> str:
     """``fn(model, clean, corrupted, metric) -> [n_layers, n_heads]`` (the gradient estimate)."""
     model = models.fresh(MODEL)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    start_from = ("the first-order estimate is metric(corrupted) + gradient . (z_clean - z_corrupted): add the "
-                  "starting value (a normalised metric hides this mistake, because it is 0 on the corrupted run)")
+    start_from = (
+        "the first-order estimate is metric(corrupted) + gradient . (z_clean - z_corrupted): add the "
+        "starting value (a normalised metric hides this mistake, because it is 0 on the corrupted run)"
+    )
     # A known answer first: with clean = corrupted there is nothing to patch, every estimate is metric(corrupted).
     pair, metric = next(_patching_trials(model, n=1))
     at_corrupted = float(_metric_of(model, pair.corrupted, metric))
     same = call(fn, model, pair.corrupted.clone(), pair.corrupted.clone(), metric)
     model.reset_hooks()
     if _matches(same, torch.zeros(n_layers, n_heads), atol=1e-3):
-        fail(f"with clean = corrupted every estimate must be metric(corrupted) = {at_corrupted:.4g} (there is "
-             f"nothing to patch); yours are 0: {start_from}.")
-    compare(same, torch.full((n_layers, n_heads), at_corrupted), "the estimates", atol=1e-3, index=layer_head_index,
-            context=f"with clean = corrupted (nothing to patch: every estimate must be metric(corrupted) = "
-                    f"{at_corrupted:.4g})")
+        fail(
+            f"with clean = corrupted every estimate must be metric(corrupted) = {at_corrupted:.4g} (there is "
+            f"nothing to patch); yours are 0: {start_from}."
+        )
+    compare(
+        same,
+        torch.full((n_layers, n_heads), at_corrupted),
+        "the estimates",
+        atol=1e-3,
+        index=layer_head_index,
+        context=f"with clean = corrupted (nothing to patch: every estimate must be metric(corrupted) = "
+        f"{at_corrupted:.4g})",
+    )
     for pair, metric in _patching_trials(model):
         expected = reference.attribution_patch_heads(model, pair.clean, pair.corrupted, metric).detach()
         actual = call(fn, model, pair.clean.clone(), pair.corrupted.clone(), metric)
@@ -680,23 +848,41 @@ def attribution_patch_heads(fn: Callable) -> str:
         found = _as_float(actual, expected.shape)
         if found is not None and not _matches(found, expected, atol=1e-3):
             if _matches(found, expected - at_corrupted, atol=1e-3):
-                fail(f"every estimate is off by exactly -{at_corrupted:.4g}, the metric of the corrupted run "
-                     f"{context}: {start_from}.")
+                fail(
+                    f"every estimate is off by exactly -{at_corrupted:.4g}, the metric of the corrupted run "
+                    f"{context}: {start_from}."
+                )
             if _matches(found, 2 * at_corrupted - expected, atol=1e-3):
-                fail(f"your estimates move the wrong way from metric(corrupted) {context}: the step is "
-                     f"z_clean - z_corrupted (towards the clean run), not the reverse.")
+                fail(
+                    f"your estimates move the wrong way from metric(corrupted) {context}: the step is "
+                    f"z_clean - z_corrupted (towards the clean run), not the reverse."
+                )
             if _matches(found[-1], expected[-1], atol=1e-3):
-                bad = [f"L{layer}H{head}" for layer in range(n_layers - 1) for head in range(n_heads)
-                       if not _matches(found[layer, head], expected[layer, head], atol=1e-3)]
-                fail(f"your last layer's estimates are right but {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} "
-                     f"are not {context}: the gradient with respect to an earlier layer's z must flow through the "
-                     f"later layers. Do not detach z in the hooks (z.detach().requires_grad_() cuts the graph there); "
-                     f"add a zero probe that requires grad instead.")
-        _explain(actual, expected, [
-            (functools.partial(reference.attribution_patch_heads, model, pair.corrupted, pair.clean, metric),
-             f"you linearised around the clean run and stepped towards the corrupted one {context}: the estimate "
-             f"starts from the corrupted run (its metric and gradient) and steps by z_clean - z_corrupted."),
-        ], atol=1e-3)
+                bad = [
+                    f"L{layer}H{head}"
+                    for layer in range(n_layers - 1)
+                    for head in range(n_heads)
+                    if not _matches(found[layer, head], expected[layer, head], atol=1e-3)
+                ]
+                fail(
+                    f"your last layer's estimates are right but {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} "
+                    f"are not {context}: the gradient with respect to an earlier layer's z must flow through the "
+                    f"later layers. Do not detach z in the hooks (z.detach().requires_grad_() cuts the graph there); "
+                    f"add a zero probe that requires grad instead."
+                )
+        _explain(
+            actual,
+            expected,
+            [
+                (
+                    functools.partial(reference.attribution_patch_heads, model, pair.corrupted, pair.clean, metric),
+                    f"you linearised around the clean run and stepped towards the corrupted one {context}: the "
+                    "estimate "
+                    f"starts from the corrupted run (its metric and gradient) and steps by z_clean - z_corrupted.",
+                ),
+            ],
+            atol=1e-3,
+        )
         compare(actual, expected, "the estimates", atol=1e-3, index=layer_head_index, context=context)
     return "clean = corrupted gives metric(corrupted); 2 fresh clean/corrupted batches, with the raw logit difference"
 
@@ -719,7 +905,7 @@ def _add_to_receiver(model, pair, sender, receiver, metric, hook_kind: str, all_
     every head of the receiver's layer): what a path patch through the wrong input gives."""
     (s_layer, s_head), (r_layer, r_head) = sender, receiver
     name = f"blocks.{s_layer}.attn.hook_z"
-    delta = (_cache(model, pair.clean)[name][:, :, s_head] - _cache(model, pair.corrupted)[name][:, :, s_head])
+    delta = _cache(model, pair.clean)[name][:, :, s_head] - _cache(model, pair.corrupted)[name][:, :, s_head]
     delta_out = delta @ model.W_O[s_layer, s_head]
     weight = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}[hook_kind][r_layer]  # [n_heads, d_model, d_head]
     heads = range(model.cfg.n_heads) if all_receivers else [r_head]
@@ -743,16 +929,22 @@ def path_patch_key(fn: Callable) -> str:
     # Known answers first. An impossible path is refused...
     for sender, receiver in IMPOSSIBLE_PATHS:
         if not raises(ValueError, fn, model, pair.clean.clone(), pair.corrupted.clone(), sender, receiver, metric):
-            fail(f"sender L{sender[0]}H{sender[1]} -> receiver L{receiver[0]}H{receiver[1]} returned a value; a sender "
-                 f"that is not in an earlier layer than the receiver is no path at all and should raise a ValueError.")
+            fail(
+                f"sender L{sender[0]}H{sender[1]} -> receiver L{receiver[0]}H{receiver[1]} returned a value; a sender "
+                f"that is not in an earlier layer than the receiver is no path at all and should raise a ValueError."
+            )
         model.reset_hooks()
     # ... and with identical clean and corrupted inputs there is nothing to restore: the corrupted run's metric.
     unchanged_metric = _metric_of(model, pair.corrupted, metric)
     actual = call(fn, model, pair.corrupted.clone(), pair.corrupted.clone(), (0, 3), (1, 2), metric)
     model.reset_hooks()
-    compare(actual, unchanged_metric, "the result", atol=1e-3,
-            context="with clean = corrupted (patching any path then changes nothing: expected the corrupted run's "
-                    "metric)")
+    compare(
+        actual,
+        unchanged_metric,
+        "the result",
+        atol=1e-3,
+        context="with clean = corrupted (patching any path then changes nothing: expected the corrupted run's metric)",
+    )
     paths = [((0, 3), (1, 1)), ((0, 1), (1, 0)), ((0, 0), (1, 2))]
     for sender, receiver in paths:
         for pair, metric in _patching_trials(model, corruption="key"):
@@ -761,26 +953,45 @@ def path_patch_key(fn: Callable) -> str:
             model.reset_hooks()
             path = f"L{sender[0]}H{sender[1]} -> L{receiver[0]}H{receiver[1]}'s key"
             context = f"(path {path}, a fresh batch of shape {tuple(pair.clean.shape)})"
-            _explain(actual, expected, [
-                (functools.partial(_whole_head, model, pair, sender, metric),
-                 f"your result is what patching the sender's whole output gives {context}: that restores every path "
-                 f"from the sender (to every later head's query, key and value, and to the logits). Add the "
-                 f"sender's clean-minus-corrupted output to the receiver's key only."),
-                (functools.partial(_add_to_receiver, model, pair, sender, receiver, metric, "k",
-                                   all_receivers=True),
-                 f"you changed the key of every head in the receiver's layer {context}; change the receiver head's "
-                 f"key only."),
-                (functools.partial(_add_to_receiver, model, pair, sender, receiver, metric, "q"),
-                 f"your result is what adding the sender's change to the receiver's query gives {context}; this "
-                 f"exercise adds it to the receiver's key (hook_k, through W_K)."),
-                (functools.partial(_add_to_receiver, model, pair, sender, receiver, metric, "v"),
-                 f"your result is what adding the sender's change to the receiver's value gives {context}; this "
-                 f"exercise adds it to the receiver's key (hook_k, through W_K)."),
-                (functools.partial(reference.path_patch_key, model, pair.corrupted, pair.clean, sender, receiver,
-                                   metric),
-                 f"you ran the clean input with corrupted activations on the path {context}: run the corrupted "
-                 f"input and restore the clean activations along the path."),
-            ], atol=1e-3)
+            _explain(
+                actual,
+                expected,
+                [
+                    (
+                        functools.partial(_whole_head, model, pair, sender, metric),
+                        f"your result is what patching the sender's whole output gives {context}: that restores every "
+                        "path "
+                        f"from the sender (to every later head's query, key and value, and to the logits). Add the "
+                        f"sender's clean-minus-corrupted output to the receiver's key only.",
+                    ),
+                    (
+                        functools.partial(
+                            _add_to_receiver, model, pair, sender, receiver, metric, "k", all_receivers=True
+                        ),
+                        f"you changed the key of every head in the receiver's layer {context}; change the receiver "
+                        "head's "
+                        f"key only.",
+                    ),
+                    (
+                        functools.partial(_add_to_receiver, model, pair, sender, receiver, metric, "q"),
+                        f"your result is what adding the sender's change to the receiver's query gives {context}; this "
+                        f"exercise adds it to the receiver's key (hook_k, through W_K).",
+                    ),
+                    (
+                        functools.partial(_add_to_receiver, model, pair, sender, receiver, metric, "v"),
+                        f"your result is what adding the sender's change to the receiver's value gives {context}; this "
+                        f"exercise adds it to the receiver's key (hook_k, through W_K).",
+                    ),
+                    (
+                        functools.partial(
+                            reference.path_patch_key, model, pair.corrupted, pair.clean, sender, receiver, metric
+                        ),
+                        f"you ran the clean input with corrupted activations on the path {context}: run the corrupted "
+                        f"input and restore the clean activations along the path.",
+                    ),
+                ],
+                atol=1e-3,
+            )
             compare(actual, expected, "the result", atol=1e-3, context=context)
     return "impossible paths refused; clean = corrupted changes nothing; 3 sender/receiver pairs on 2 fresh batches"
 
@@ -804,21 +1015,36 @@ def composition_score(fn: Callable) -> str:
         first, second = _as_float(plain, expected.shape), _as_float(rescaled, expected.shape)
         if first is not None and second is not None and not _matches(second, first):
             ratio = float((second / first).flatten()[0])
-            which = {3.0: "W_A: divide by ||W_A||_F", 0.5: "W_B: divide by ||W_B||_F",
-                     1.5: "both matrices: divide by ||W_A||_F ||W_B||_F"}
-            hint = next((text for factor, text in which.items() if math.isclose(ratio, factor, rel_tol=1e-3)),
-                        "the matrices' sizes: divide by both Frobenius norms")
-            fail(f"rescaling a matrix must not change the score, but with W_A times 3 and W_B times 0.5 yours is "
-                 f"multiplied by {ratio:.4g} {context}: it grows with {hint}.")
-        _explain(plain, expected, [
-            (functools.partial(_elementwise_score, W_A, W_B),
-             f"you multiplied the matrices element by element {context}; the score composes them: "
-             f"W_A @ W_B, the matrix product."),
-            (torch.linalg.matrix_norm(W_A @ W_B, ord=2) / (torch.linalg.matrix_norm(W_A, ord=2)
-                                                            * torch.linalg.matrix_norm(W_B, ord=2)),
-             f"you used the spectral norm {context}; the score uses Frobenius norms (the default of "
-             f"tensor.norm over the last two dimensions)."),
-        ])
+            which = {
+                3.0: "W_A: divide by ||W_A||_F",
+                0.5: "W_B: divide by ||W_B||_F",
+                1.5: "both matrices: divide by ||W_A||_F ||W_B||_F",
+            }
+            hint = next(
+                (text for factor, text in which.items() if math.isclose(ratio, factor, rel_tol=1e-3)),
+                "the matrices' sizes: divide by both Frobenius norms",
+            )
+            fail(
+                f"rescaling a matrix must not change the score, but with W_A times 3 and W_B times 0.5 yours is "
+                f"multiplied by {ratio:.4g} {context}: it grows with {hint}."
+            )
+        _explain(
+            plain,
+            expected,
+            [
+                (
+                    functools.partial(_elementwise_score, W_A, W_B),
+                    f"you multiplied the matrices element by element {context}; the score composes them: "
+                    f"W_A @ W_B, the matrix product.",
+                ),
+                (
+                    torch.linalg.matrix_norm(W_A @ W_B, ord=2)
+                    / (torch.linalg.matrix_norm(W_A, ord=2) * torch.linalg.matrix_norm(W_B, ord=2)),
+                    f"you used the spectral norm {context}; the score uses Frobenius norms (the default of "
+                    f"tensor.norm over the last two dimensions).",
+                ),
+            ],
+        )
         compare(plain, expected, "the scores", context=context, index=["pair "])
     return "invariant to rescaling; 3 shapes, batched"
 
@@ -841,11 +1067,18 @@ def full_ov_circuit(fn: Callable) -> str:
     actual = call(fn, *(w.clone() for w in weights))
     expected = reference.full_ov_circuit(*weights)
     if isinstance(actual, Tensor) and tuple(actual.shape) == (n, n):
-        fail(f"your result has shape {tuple(actual.shape)}: one circuit per head, [n_heads, d_vocab, d_vocab] (did "
-             f"you sum over the heads?).")
-    compare(actual, expected, "the circuits", index=["H", "token ", "logit of token "],
-            context=f"(d_vocab = d_model = d_head = {n}; W_E, W_U and every W_V the identity, W_O[h] = c_h times "
-                    f"the identity with c = {list(factors)}: head h's circuit must be c_h times the identity)")
+        fail(
+            f"your result has shape {tuple(actual.shape)}: one circuit per head, [n_heads, d_vocab, d_vocab] (did "
+            f"you sum over the heads?)."
+        )
+    compare(
+        actual,
+        expected,
+        "the circuits",
+        index=["H", "token ", "logit of token "],
+        context=f"(d_vocab = d_model = d_head = {n}; W_E, W_U and every W_V the identity, W_O[h] = c_h times "
+        f"the identity with c = {list(factors)}: head h's circuit must be c_h times the identity)",
+    )
     for trial in trials(3):
         n_heads, d_head = trial.randint(1, 4), trial.randint(2, 8)
         d_model, d_vocab = trial.randint(9, 16), trial.randint(17, 40)
@@ -856,13 +1089,29 @@ def full_ov_circuit(fn: Callable) -> str:
         expected = reference.full_ov_circuit(W_E, W_V, W_O, W_U)
         actual = call(fn, W_E.clone(), W_V.clone(), W_O.clone(), W_U.clone())
         context = f"(d_vocab {d_vocab}, d_model {d_model}, {n_heads} heads of size {d_head})"
-        _explain(actual, expected, [
-            (expected.transpose(-1, -2),
-             f"you returned the transpose {context}: row t must be the token the head reads (attends to), through "
-             f"W_E; column s the logit it writes, through W_U."),
-        ], atol=1e-3, rtol=1e-3)
-        compare(actual, expected, "the circuits", context=context, atol=1e-3, rtol=1e-3,
-                index=["H", "token ", "logit of token "])
+        _explain(
+            actual,
+            expected,
+            [
+                (
+                    expected.transpose(-1, -2),
+                    f"you returned the transpose {context}: row t must be the token the head reads (attends to), "
+                    "through "
+                    f"W_E; column s the logit it writes, through W_U.",
+                ),
+            ],
+            atol=1e-3,
+            rtol=1e-3,
+        )
+        compare(
+            actual,
+            expected,
+            "the circuits",
+            context=context,
+            atol=1e-3,
+            rtol=1e-3,
+            index=["H", "token ", "logit of token "],
+        )
     return "identity weights give the identity; 3 random shapes"
 
 
@@ -879,14 +1128,16 @@ def diagonal_win_rate(fn: Callable) -> str:
     """``fn(circuit [..., n, n]) -> [...]``: the fraction of rows whose diagonal entry is the largest of the row."""
     n = 8
     half_shifted = torch.eye(n)
-    half_shifted[n // 2:] = torch.eye(n).roll(1, dims=-1)[n // 2:]
+    half_shifted[n // 2 :] = torch.eye(n).roll(1, dims=-1)[n // 2 :]
     anchors = {
         "the identity": (torch.eye(n), 1.0),
         "a shifted identity (row t's largest entry is in column t + 1)": (torch.eye(n).roll(1, dims=-1), 0.0),
         "the identity with its last half of rows shifted": (half_shifted, 0.5),
         "half the identity (diagonal 0.5, the rest 0)": (0.5 * torch.eye(n), 1.0),
-        "a matrix whose column 0 is large (the diagonal wins every column, but only row 0)":
-            (_column_winner(n), 1.0 / n),
+        "a matrix whose column 0 is large (the diagonal wins every column, but only row 0)": (
+            _column_winner(n),
+            1.0 / n,
+        ),
     }
     batch = torch.stack([matrix for matrix, _ in anchors.values()])  # [n_anchors, n, n]
     wanted = torch.tensor([score for _, score in anchors.values()])
@@ -895,14 +1146,17 @@ def diagonal_win_rate(fn: Callable) -> str:
     found = _as_float(actual, wanted.shape)
     if found is not None and not _matches(found, wanted):
         if math.isclose(float(found[-1]), 1.0, abs_tol=1e-6) and _matches(found[:-1], wanted[:-1]):
-            fail(f"{names[-1]} scores 1 with your function; it must score 1/{n}: you compared each diagonal entry "
-                 f"with its column. Compare it with its row: for a source token, does its own entry beat every "
-                 f"other entry of its row?")
+            fail(
+                f"{names[-1]} scores 1 with your function; it must score 1/{n}: you compared each diagonal entry "
+                f"with its column. Compare it with its row: for a source token, does its own entry beat every "
+                f"other entry of its row?"
+            )
         if math.isclose(float(found[3]), 0.5, abs_tol=1e-6):
-            fail(f"{names[3]} scores 0.5 with your function; it must score 1: the score is the fraction of rows "
-                 f"whose diagonal entry is the row's largest (a count), not the size of the diagonal entries.")
-    compare(actual, wanted, "the scores", context=f"of {n} x {n} anchor matrices",
-            index=lambda i: names[i[0]])
+            fail(
+                f"{names[3]} scores 0.5 with your function; it must score 1: the score is the fraction of rows "
+                f"whose diagonal entry is the row's largest (a count), not the size of the diagonal entries."
+            )
+    compare(actual, wanted, "the scores", context=f"of {n} x {n} anchor matrices", index=lambda i: names[i[0]])
     for trial in trials(3):
         lead = tuple(trial.randint(1, 3) for _ in range(trial.index))  # 0, 1 and 2 leading dimensions
         n = trial.randint(5, 40)
@@ -910,8 +1164,12 @@ def diagonal_win_rate(fn: Callable) -> str:
         before = circuit.clone()
         actual = call(fn, circuit)
         unchanged(before, circuit, "circuit")
-        compare(actual, reference.diagonal_win_rate(circuit), "the scores",
-                context=f"(circuits of shape {tuple(circuit.shape)})")
+        compare(
+            actual,
+            reference.diagonal_win_rate(circuit),
+            "the scores",
+            context=f"(circuits of shape {tuple(circuit.shape)})",
+        )
     return "anchors (identity 1, shifted 0, half 0.5, column winner 1/n); random circuits, batched"
 
 
@@ -929,23 +1187,42 @@ def prefix_matching_circuit(fn: Callable) -> str:
     eye = torch.eye(n)
     # Known answers first: identity weights match every query to the key after its own token...
     actual = call(fn, eye.clone(), eye[None].clone(), eye[None].clone(), eye.clone())
-    _explain(actual, eye[None], [(eye[None] / math.sqrt(n),
-                                  "you divided by sqrt(d_head): the exercise asks for the product without the "
-                                  "scaling (it does not change which key wins).")])
-    compare(actual, eye[None], "the circuit", index=["H", "query token ", "previous token "],
-            context=f"(d_vocab = d_model = d_head = {n}, every matrix the identity: the circuit must be the identity)")
+    _explain(
+        actual,
+        eye[None],
+        [
+            (
+                eye[None] / math.sqrt(n),
+                "you divided by sqrt(d_head): the exercise asks for the product without the "
+                "scaling (it does not change which key wins).",
+            )
+        ],
+    )
+    compare(
+        actual,
+        eye[None],
+        "the circuit",
+        index=["H", "query token ", "previous token "],
+        context=f"(d_vocab = d_model = d_head = {n}, every matrix the identity: the circuit must be the identity)",
+    )
     # ... and a previous-token head that writes token s as token s + 1 moves every match by one.
     expected = reference.prefix_matching_circuit(eye, eye[None], eye[None], _shift(n))
     actual = call(fn, eye.clone(), eye[None].clone(), eye[None].clone(), _shift(n))
-    context = ("(every matrix the identity, but W_OV_prev maps token s to token s + 1: the query on token s + 1 "
-               "must match the key whose previous token is s)")
+    context = (
+        "(every matrix the identity, but W_OV_prev maps token s to token s + 1: the query on token s + 1 "
+        "must match the key whose previous token is s)"
+    )
     if _matches(actual, eye[None]):
-        fail(f"your circuit does not change when W_OV_prev does {context}: the key side must read what the "
-             f"previous-token head writes at the key's position: the previous token's embedding times W_OV_prev, "
-             f"then W_K.")
+        fail(
+            f"your circuit does not change when W_OV_prev does {context}: the key side must read what the "
+            f"previous-token head writes at the key's position: the previous token's embedding times W_OV_prev, "
+            f"then W_K."
+        )
     if _matches(actual, expected.transpose(-1, -2)):
-        fail(f"you returned the transpose {context}: rows are the query's token, columns the key's previous "
-             f"token; and W_OV_prev acts on row vectors (x @ W_OV_prev), as every weight in TransformerLens does.")
+        fail(
+            f"you returned the transpose {context}: rows are the query's token, columns the key's previous "
+            f"token; and W_OV_prev acts on row vectors (x @ W_OV_prev), as every weight in TransformerLens does."
+        )
     compare(actual, expected, "the circuit", context=context, index=["H", "query token ", "previous token "])
     for trial in trials(3):
         n_heads, d_head = trial.randint(1, 4), trial.randint(2, 8)
@@ -957,25 +1234,50 @@ def prefix_matching_circuit(fn: Callable) -> str:
         expected = reference.prefix_matching_circuit(W_E, W_Q, W_K, W_OV)
         actual = call(fn, W_E.clone(), W_Q.clone(), W_K.clone(), W_OV.clone())
         context = f"(d_vocab {d_vocab}, d_model {d_model}, {n_heads} heads of size {d_head})"
-        _explain(actual, expected, [
-            (expected.transpose(-1, -2),
-             f"you returned the transpose {context}: rows are the query's token, columns the key's previous "
-             f"token."),
-            (reference.prefix_matching_circuit(W_E, W_Q, W_K, W_OV.T),
-             f"you applied W_OV_prev transposed {context}: the previous-token head writes x @ W_OV_prev for a row "
-             f"vector x."),
-            (expected / math.sqrt(d_head),
-             f"you divided by sqrt(d_head) {context}: the exercise asks for the product without the scaling (it "
-             f"does not change which key wins)."),
-            (reference.prefix_matching_circuit(W_E, W_K, W_Q, W_OV),
-             f"you swapped the query and key sides {context}: W_Q reads the query's own token, W_K the key's "
-             f"input."),
-            ((W_E @ W_Q) @ (W_E @ W_K).transpose(-1, -2),
-             f"your circuit leaves out W_OV_prev {context}: it matches a token to a key that holds the same token "
-             f"(a duplicate-token circuit), not to a key whose previous token it is."),
-        ], atol=1e-3, rtol=1e-3)
-        compare(actual, expected, "the circuit", context=context, atol=1e-3, rtol=1e-3,
-                index=["H", "query token ", "previous token "])
+        _explain(
+            actual,
+            expected,
+            [
+                (
+                    expected.transpose(-1, -2),
+                    f"you returned the transpose {context}: rows are the query's token, columns the key's previous "
+                    f"token.",
+                ),
+                (
+                    reference.prefix_matching_circuit(W_E, W_Q, W_K, W_OV.T),
+                    f"you applied W_OV_prev transposed {context}: the previous-token head writes x @ W_OV_prev for a "
+                    "row "
+                    f"vector x.",
+                ),
+                (
+                    expected / math.sqrt(d_head),
+                    f"you divided by sqrt(d_head) {context}: the exercise asks for the product without the scaling (it "
+                    f"does not change which key wins).",
+                ),
+                (
+                    reference.prefix_matching_circuit(W_E, W_K, W_Q, W_OV),
+                    f"you swapped the query and key sides {context}: W_Q reads the query's own token, W_K the key's "
+                    f"input.",
+                ),
+                (
+                    (W_E @ W_Q) @ (W_E @ W_K).transpose(-1, -2),
+                    f"your circuit leaves out W_OV_prev {context}: it matches a token to a key that holds the same "
+                    "token "
+                    f"(a duplicate-token circuit), not to a key whose previous token it is.",
+                ),
+            ],
+            atol=1e-3,
+            rtol=1e-3,
+        )
+        compare(
+            actual,
+            expected,
+            "the circuit",
+            context=context,
+            atol=1e-3,
+            rtol=1e-3,
+            index=["H", "query token ", "previous token "],
+        )
     return "identity and shifted anchors; 3 random shapes"
 
 
@@ -994,16 +1296,23 @@ def circuit_studies(answers: Any) -> str:
     missing = [s for s in key if s not in answers]
     extra = [k for k in answers if k not in key]
     if missing or extra:
-        fail(f"use exactly the {len(key)} scenario letters {', '.join(key)} as keys ({len(missing)} missing, "
-             f"{len(extra)} unexpected: {extra}).")
-    invalid = {letter: given for letter, given in answers.items()
-               if not isinstance(given, str) or given.strip().casefold() not in options}
+        fail(
+            f"use exactly the {len(key)} scenario letters {', '.join(key)} as keys ({len(missing)} missing, "
+            f"{len(extra)} unexpected: {extra})."
+        )
+    invalid = {
+        letter: given
+        for letter, given in answers.items()
+        if not isinstance(given, str) or given.strip().casefold() not in options
+    }
     if invalid:
         fail(f"{len(invalid)} answer(s) are not one of the study keys {options}: {invalid}.")
     wrong = wrong_answers("study_findings", answers, key)
     if wrong:
-        fail(f"{len(wrong)} of {len(key)} scenarios are matched to the wrong study. Re-read section 8's table: "
-             f"which finding does each observation show?")
+        fail(
+            f"{len(wrong)} of {len(key)} scenarios are matched to the wrong study. Re-read section 8's table: "
+            f"which finding does each observation show?"
+        )
     return f"all {len(key)} observations matched to the study whose finding they show"
 
 
@@ -1037,11 +1346,15 @@ def measure(fn: Callable) -> str:
             except (TypeError, ValueError):
                 fail(f"{key!r} should be a number, got {type(measured[key]).__name__}.")
             if key == "in_context_learning_score" and math.isclose(given, -value, rel_tol=1e-3) and abs(value) > 1e-3:
-                fail(f"your in-context learning score has the wrong sign {context}: it is the late loss minus the "
-                     f"early one (negative when the model learns from its context).")
+                fail(
+                    f"your in-context learning score has the wrong sign {context}: it is the late loss minus the "
+                    f"early one (negative when the model learns from its context)."
+                )
             compare(torch.tensor(given), torch.tensor(float(value)), repr(key), atol=1e-3, context=context)
-    return (f"all three numbers match on {len(MEASUREMENT_HALF_LENS)} fresh batches with half_len "
-            f"{', '.join(map(str, MEASUREMENT_HALF_LENS))}")
+    return (
+        f"all three numbers match on {len(MEASUREMENT_HALF_LENS)} fresh batches with half_len "
+        f"{', '.join(map(str, MEASUREMENT_HALF_LENS))}"
+    )
 
 
 my_scores = research.scores_check("circuits")
@@ -1051,16 +1364,20 @@ my_scores = research.scores_check("circuits")
 # Section 10: the counterexample hunt
 # --------------------------------------------------------------------------------------------------------------
 
-def measure_counterexample(make_batch: Callable, which_predictions: Callable, seed: int,
-                           batch: int = COUNTEREXAMPLE_BATCH) -> dict[str, float]:
+
+def measure_counterexample(
+    make_batch: Callable, which_predictions: Callable, seed: int, batch: int = COUNTEREXAMPLE_BATCH
+) -> dict[str, float]:
     """Draw ``make_batch(batch, seed)``, let ``which_predictions(tokens)`` say which predictions count (both see
     their arguments only), and measure the full model and the circuit there."""
     model = models.fresh(MODEL)
     make = tokens_only(make_batch, "make_batch")
     tokens = call(make, batch, seed)
     if isinstance(tokens, tuple):
-        fail("make_batch(batch, seed) returns the tokens alone; which predictions count is decided by "
-             "which_predictions(tokens).")
+        fail(
+            "make_batch(batch, seed) returns the tokens alone; which predictions count is decided by "
+            "which_predictions(tokens)."
+        )
     if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int64, torch.int32) or tokens.ndim != 2:
         fail("tokens must be an integer tensor of shape [batch, pos].")
     if tokens.shape[0] != batch or not 2 <= tokens.shape[1] <= model.cfg.n_ctx:
@@ -1072,14 +1389,24 @@ def measure_counterexample(make_batch: Callable, which_predictions: Callable, se
     expected_shape = (batch, tokens.shape[1] - 1)
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != expected_shape:
         got = f"{mask.dtype} tensor of shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
-        fail(f"which_predictions must return a boolean tensor of shape [{batch}, {tokens.shape[1] - 1}] (one per "
-             f"prediction), got a {got}.")
+        fail(
+            f"which_predictions must return a boolean tensor of shape [{batch}, {tokens.shape[1] - 1}] (one per "
+            f"prediction), got a {got}."
+        )
     n_counted = int(mask.sum())
     if n_counted < COUNTEREXAMPLE_MIN_PREDICTIONS:
-        fail(f"the mask counts only {n_counted} predictions; count at least {COUNTEREXAMPLE_MIN_PREDICTIONS} so the "
-             f"measurement is meaningful.")
-    outcome = circuit_faithfulness(model, tokens, mask, induction_circuit(model), reference.ablate_head,
-                                   induction_reference_tokens(model.cfg.d_vocab))
+        fail(
+            f"the mask counts only {n_counted} predictions; count at least {COUNTEREXAMPLE_MIN_PREDICTIONS} so the "
+            f"measurement is meaningful."
+        )
+    outcome = circuit_faithfulness(
+        model,
+        tokens,
+        mask,
+        induction_circuit(model),
+        reference.ablate_head,
+        induction_reference_tokens(model.cfg.d_vocab),
+    )
     return dict(outcome, n_predictions=n_counted)
 
 
@@ -1094,18 +1421,28 @@ def counterexample(make_batch: Callable, which_predictions: Callable) -> str:
     if torch.equal(torch.as_tensor(call(make, 8, seeds[0])), torch.as_tensor(call(make, 8, seeds[1]))):
         fail("make_batch returns the same tokens for different seeds; draw them from the seed.")
     for seed, outcome in zip(seeds, outcomes):
-        summary = (f"full-model accuracy {outcome['full_accuracy']:.2f}, circuit faithfulness "
-                   f"{outcome['faithfulness']:.2f}, all-heads-ablated loss {outcome['baseline_gap']:.2f} nats above "
-                   f"the full model's (seed {seed})")
+        summary = (
+            f"full-model accuracy {outcome['full_accuracy']:.2f}, circuit faithfulness "
+            f"{outcome['faithfulness']:.2f}, all-heads-ablated loss {outcome['baseline_gap']:.2f} nats above "
+            f"the full model's (seed {seed})"
+        )
         if outcome["full_accuracy"] < COUNTEREXAMPLE_MIN_ACCURACY:
-            fail(f"the full model does not do well here: {summary}; it must reach {COUNTEREXAMPLE_MIN_ACCURACY} "
-                 f"accuracy on the counted predictions.")
+            fail(
+                f"the full model does not do well here: {summary}; it must reach {COUNTEREXAMPLE_MIN_ACCURACY} "
+                f"accuracy on the counted predictions."
+            )
         if outcome["baseline_gap"] < COUNTEREXAMPLE_MIN_BASELINE_GAP:
-            fail(f"the heads hardly matter for the counted predictions: {summary}. Faithfulness divides by that gap, "
-                 f"so it must be at least {COUNTEREXAMPLE_MIN_BASELINE_GAP} nats for the ratio to mean anything.")
+            fail(
+                f"the heads hardly matter for the counted predictions: {summary}. Faithfulness divides by that gap, "
+                f"so it must be at least {COUNTEREXAMPLE_MIN_BASELINE_GAP} nats for the ratio to mean anything."
+            )
         if outcome["faithfulness"] > COUNTEREXAMPLE_MAX_FAITHFULNESS:
-            fail(f"the circuit still explains this distribution: {summary}; bring faithfulness to "
-                 f"{COUNTEREXAMPLE_MAX_FAITHFULNESS} or below.")
+            fail(
+                f"the circuit still explains this distribution: {summary}; bring faithfulness to "
+                f"{COUNTEREXAMPLE_MAX_FAITHFULNESS} or below."
+            )
     hidden = " (hidden seeds)" if is_hidden() else ""
-    return "; ".join(f"accuracy {o['full_accuracy']:.2f}, faithfulness {o['faithfulness']:.2f}"
-                     for o in outcomes) + f" on 2 fresh samples{hidden}"
+    return (
+        "; ".join(f"accuracy {o['full_accuracy']:.2f}, faithfulness {o['faithfulness']:.2f}" for o in outcomes)
+        + f" on 2 fresh samples{hidden}"
+    )

@@ -17,46 +17,46 @@ from mechinterp_course import circuits
 
 #: The name each test cell checks -> the number of its exercise in the notebook.
 EXERCISES: dict[str, str] = {
-    'get_attention_pattern': '1.1',
-    'previous_token_scores': '2.1–2.3',
-    'duplicate_token_scores': '2.1–2.3',
-    'induction_scores': '2.1–2.3',
-    'circuit_heads': '2.4',
-    'previous_token_attention': '2.5',
-    'previous_token_until': '2.6',
-    'head_direct_logit_attribution': '3.1',
-    'decompose_logit_diff': '3.2',
-    'ablate_head': '4.1',
-    'normalised_metric': '5.1',
-    'patch_residual_by_layer_pos': '5.2',
-    'patch_heads': '5.3',
-    'attribution_patch_heads': '6.1',
-    'path_patch_key': '7.1',
-    'composition_score': '7.2',
-    'full_ov_circuit': '7.3',
-    'diagonal_win_rate': '7.3',
-    'prefix_matching_circuit': '7.4',
-    'circuit_studies': '8.1',
-    'measure': '9.1',
-    'my_scores': '10.1',
-    'counterexample': '10.2',
+    "get_attention_pattern": "1.1",
+    "previous_token_scores": "2.1–2.3",
+    "duplicate_token_scores": "2.1–2.3",
+    "induction_scores": "2.1–2.3",
+    "circuit_heads": "2.4",
+    "previous_token_attention": "2.5",
+    "previous_token_until": "2.6",
+    "head_direct_logit_attribution": "3.1",
+    "decompose_logit_diff": "3.2",
+    "ablate_head": "4.1",
+    "normalised_metric": "5.1",
+    "patch_residual_by_layer_pos": "5.2",
+    "patch_heads": "5.3",
+    "attribution_patch_heads": "6.1",
+    "path_patch_key": "7.1",
+    "composition_score": "7.2",
+    "full_ov_circuit": "7.3",
+    "diagonal_win_rate": "7.3",
+    "prefix_matching_circuit": "7.4",
+    "circuit_studies": "8.1",
+    "measure": "9.1",
+    "my_scores": "10.1",
+    "counterexample": "10.2",
 }
 
 #: Digests of the answers solution cells write out (``checking.answer_key``), never the answers.
 ANSWER_KEYS: dict[str, object] = {
-    'study_findings': {
-        'A': '7e751caf6f91d53a',
-        'B': 'e7bce3746e0c7051',
-        'C': '99f6072740e51905',
-        'D': '1e968b2a3bd5a03e',
-        'E': '2595718f25385d60',
-        'F': '12e125e09bc6e1aa',
-        'G': '3ff4a7285fac7aeb',
+    "study_findings": {
+        "A": "7e751caf6f91d53a",
+        "B": "e7bce3746e0c7051",
+        "C": "99f6072740e51905",
+        "D": "1e968b2a3bd5a03e",
+        "E": "2595718f25385d60",
+        "F": "12e125e09bc6e1aa",
+        "G": "3ff4a7285fac7aeb",
     },
-    'my_scores': {
-        'low_hanging_fruit': '12572ec9298ad38d',
-        'excitement': '376dd8f6210f39fa',
-        'difficulty': '428a412a68550414',
+    "my_scores": {
+        "low_hanging_fruit": "12572ec9298ad38d",
+        "excitement": "376dd8f6210f39fa",
+        "difficulty": "428a412a68550414",
     },
 }
 
@@ -127,8 +127,9 @@ def previous_token_attention(pattern: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(to_previous, (1, 0), value=float("nan"))
 
 
-def head_direct_logit_attribution(z: torch.Tensor, W_O: torch.Tensor,
-                                  direction: torch.Tensor) -> torch.Tensor:
+def head_direct_logit_attribution(
+    z: torch.Tensor, W_O: torch.Tensor, direction: torch.Tensor
+) -> torch.Tensor:
     """z [batch, n_heads, d_head], W_O [n_heads, d_head, d_model], direction [batch, d_model]
     -> [batch, n_heads].
 
@@ -163,8 +164,13 @@ def decompose_logit_diff(model, cache, answer: torch.Tensor, wrong: torch.Tensor
     return torch.stack(terms), labels
 
 
-def ablate_head(z: torch.Tensor, head: int, method: str, reference: torch.Tensor | None = None,
-                resample_index: torch.Tensor | None = None) -> torch.Tensor:
+def ablate_head(
+    z: torch.Tensor,
+    head: int,
+    method: str,
+    reference: torch.Tensor | None = None,
+    resample_index: torch.Tensor | None = None,
+) -> torch.Tensor:
     """A copy of z [batch, pos, n_heads, d_head] with `head` zero-, mean- or resample-ablated.
 
     Defined in solutions/01_circuits/01_circuits.ipynb, exercise 4.1.
@@ -190,8 +196,9 @@ def normalised_metric(value, clean, corrupted):
     return (value - corrupted) / (clean - corrupted)
 
 
-def patch_residual_by_layer_pos(model, clean: torch.Tensor, corrupted: torch.Tensor,
-                                metric) -> torch.Tensor:
+def patch_residual_by_layer_pos(
+    model, clean: torch.Tensor, corrupted: torch.Tensor, metric
+) -> torch.Tensor:
     """-> [n_layers, pos]: metric of the corrupted run with resid_pre[layer, pos] patched from
     the clean run.
 
@@ -202,10 +209,12 @@ def patch_residual_by_layer_pos(model, clean: torch.Tensor, corrupted: torch.Ten
     for layer in range(model.cfg.n_layers):
         name = f"blocks.{layer}.hook_resid_pre"
         for pos in range(clean.shape[1]):
+
             def hook(resid, hook, pos=pos, name=name):
                 resid = resid.clone()
                 resid[:, pos] = clean_cache[name][:, pos]
                 return resid
+
             out[layer, pos] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)]))
     return out
 
@@ -221,16 +230,19 @@ def patch_heads(model, clean: torch.Tensor, corrupted: torch.Tensor, metric) -> 
     for layer in range(model.cfg.n_layers):
         name = f"blocks.{layer}.attn.hook_z"
         for head in range(model.cfg.n_heads):
+
             def hook(z, hook, head=head, name=name):
                 z = z.clone()
                 z[:, :, head] = clean_cache[name][:, :, head]
                 return z
+
             out[layer, head] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)]))
     return out
 
 
-def attribution_patch_heads(model, clean: torch.Tensor, corrupted: torch.Tensor,
-                            metric) -> torch.Tensor:
+def attribution_patch_heads(
+    model, clean: torch.Tensor, corrupted: torch.Tensor, metric
+) -> torch.Tensor:
     """-> [n_layers, n_heads]: first-order estimate of patch_heads.
 
     Defined in solutions/01_circuits/01_circuits.ipynb, exercise 6.1.
@@ -238,11 +250,13 @@ def attribution_patch_heads(model, clean: torch.Tensor, corrupted: torch.Tensor,
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
     _, clean_cache = model.run_with_cache(clean)
     probes, corrupted_z = {}, {}
+
     def add_probe(z, hook, name):
         # hook.name can be the bridge's internal name, so each hook is told which name it stands for
         corrupted_z[name] = z.detach()
         probes[name] = torch.zeros_like(z, requires_grad=True)
         return z + probes[name]  # the graph stays whole: later layers' gradients reach this one
+
     with torch.enable_grad():
         hooks = [(name, functools.partial(add_probe, name=name)) for name in names]
         value = metric(model.run_with_hooks(corrupted, fwd_hooks=hooks))
@@ -254,8 +268,9 @@ def attribution_patch_heads(model, clean: torch.Tensor, corrupted: torch.Tensor,
     return torch.stack(rows)
 
 
-def path_patch_key(model, clean, corrupted, sender: tuple[int, int], receiver: tuple[int, int],
-                   metric):
+def path_patch_key(
+    model, clean, corrupted, sender: tuple[int, int], receiver: tuple[int, int], metric
+):
     """Metric of the corrupted run where only sender -> receiver's key carries clean activations.
 
     Defined in solutions/01_circuits/01_circuits.ipynb, exercise 7.1.
@@ -270,10 +285,12 @@ def path_patch_key(model, clean, corrupted, sender: tuple[int, int], receiver: t
     delta_z = clean_cache[name][:, :, s_head] - corrupted_cache[name][:, :, s_head]
     delta_out = delta_z @ model.W_O[s_layer, s_head]  # [batch, pos, d_model]
     delta_k = delta_out @ model.W_K[r_layer, r_head]
+
     def hook(k, hook):
         k = k.clone()
         k[:, :, r_head] += delta_k
         return k
+
     hooks = [(f"blocks.{r_layer}.attn.hook_k", hook)]
     return metric(model.run_with_hooks(corrupted, fwd_hooks=hooks))
 
@@ -286,8 +303,9 @@ def composition_score(W_A: torch.Tensor, W_B: torch.Tensor) -> torch.Tensor:
     return (W_A @ W_B).norm(dim=(-2, -1)) / (W_A.norm(dim=(-2, -1)) * W_B.norm(dim=(-2, -1)))
 
 
-def full_ov_circuit(W_E: torch.Tensor, W_V: torch.Tensor, W_O: torch.Tensor,
-                    W_U: torch.Tensor) -> torch.Tensor:
+def full_ov_circuit(
+    W_E: torch.Tensor, W_V: torch.Tensor, W_O: torch.Tensor, W_U: torch.Tensor
+) -> torch.Tensor:
     """W_E [d_vocab, d_model], W_V [n_heads, d_model, d_head], W_O [n_heads, d_head, d_model],
     W_U [d_model, d_vocab] -> [n_heads, d_vocab, d_vocab]: row s is what each head adds to every
     logit when it attends to token s.
@@ -310,8 +328,9 @@ def diagonal_win_rate(circuit: torch.Tensor) -> torch.Tensor:
     return (winners == torch.arange(n, device=circuit.device)).float().mean(dim=-1)
 
 
-def prefix_matching_circuit(W_E: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor,
-                            W_OV_prev: torch.Tensor) -> torch.Tensor:
+def prefix_matching_circuit(
+    W_E: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor, W_OV_prev: torch.Tensor
+) -> torch.Tensor:
     """W_E [d_vocab, d_model], W_Q and W_K [n_heads, d_model, d_head], W_OV_prev [d_model, d_model]
     -> [n_heads, d_vocab, d_vocab]: entry [h, t, s] is head h's attention score from a query on
     token t to a key whose previous token is s, as the previous-token head writes it.
@@ -329,8 +348,9 @@ def measure(model, tokens: torch.Tensor, half_len: int) -> dict:
     Defined in solutions/01_circuits/01_circuits.ipynb, exercise 9.1.
     """
     logits, cache = model.run_with_cache(tokens)
-    scores = circuits.all_head_scores(cache, model.cfg.n_layers, induction_scores,
-                                      half_len=half_len)
+    scores = circuits.all_head_scores(
+        cache, model.cfg.n_layers, induction_scores, half_len=half_len
+    )
     losses = circuits.per_token_loss(logits, tokens)  # [batch, pos - 1]
     late, early = losses[:, circuits.ICL_LATE_POS].mean(), losses[:, circuits.ICL_EARLY_POS].mean()
     return {

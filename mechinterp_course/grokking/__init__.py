@@ -107,8 +107,16 @@ class GrokConfig:
 
     def model_config(self) -> models.ModelConfig:
         return models.ModelConfig(
-            n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads, d_head=self.d_model // self.n_heads,
-            d_mlp=self.d_mlp, d_vocab=self.p + 1, d_vocab_out=self.p, n_ctx=3, attn_only=False, act_fn=self.act_fn,
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_head=self.d_model // self.n_heads,
+            d_mlp=self.d_mlp,
+            d_vocab=self.p + 1,
+            d_vocab_out=self.p,
+            n_ctx=3,
+            attn_only=False,
+            act_fn=self.act_fn,
             normalization_type=None,
         )
 
@@ -135,8 +143,11 @@ def make_data(config: GrokConfig, split: SplitFn) -> tasks.ModularAddition:
     chapter's ``split_indices``), labelled by ``config.operation``."""
     data = tasks.modular_addition(config.p, config.train_fraction, config.data_seed, split=split)
     op = OPERATIONS[config.operation]
-    return replace(data, train_labels=op(data.train_tokens[:, 0], data.train_tokens[:, 1], config.p),
-                   test_labels=op(data.test_tokens[:, 0], data.test_tokens[:, 1], config.p))
+    return replace(
+        data,
+        train_labels=op(data.train_tokens[:, 0], data.train_tokens[:, 1], config.p),
+        test_labels=op(data.test_tokens[:, 0], data.test_tokens[:, 1], config.p),
+    )
 
 
 def train_mask(data: tasks.ModularAddition) -> Tensor:
@@ -188,10 +199,15 @@ class StopAfterSolved:
         return self.solved_at is not None and step - self.solved_at >= self.patience
 
 
-def train_grokking(config: GrokConfig, loss: LossFn, split: SplitFn,
-                   callback: Callable[[int, dict], Any] | None = None, progress: bool = True,
-                   stop_after_solved: int | None = None,
-                   stop: Callable[[int, dict], bool] | None = None) -> GrokRun:
+def train_grokking(
+    config: GrokConfig,
+    loss: LossFn,
+    split: SplitFn,
+    callback: Callable[[int, dict], Any] | None = None,
+    progress: bool = True,
+    stop_after_solved: int | None = None,
+    stop: Callable[[int, dict], bool] | None = None,
+) -> GrokRun:
     """Train ``config`` with the course's one loop (``training.train``): full-batch AdamW (betas 0.9, 0.98) on the
     training pairs of ``make_data(config, split)``, minimising ``loss`` (the chapter's ``loss_at_equals``) plus the
     config's penalty, on one thread (these tiny full-batch steps gain nothing from a second one).
@@ -202,8 +218,11 @@ def train_grokking(config: GrokConfig, loss: LossFn, split: SplitFn,
     """
     data = make_data(config, split)
     model = models.make_model(config.model_config(), seed=config.seed)
-    rules = [rule for rule in (stop, None if stop_after_solved is None else StopAfterSolved(stop_after_solved))
-             if rule is not None]
+    rules = [
+        rule
+        for rule in (stop, None if stop_after_solved is None else StopAfterSolved(stop_after_solved))
+        if rule is not None
+    ]
 
     def loss_fn(model_: torch.nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
         tokens, labels = batch
@@ -211,8 +230,10 @@ def train_grokking(config: GrokConfig, loss: LossFn, split: SplitFn,
 
     def evaluate(model_: torch.nn.Module) -> dict[str, float]:
         row = {}
-        for name, tokens, labels in (("train", data.train_tokens, data.train_labels),
-                                     ("test", data.test_tokens, data.test_labels)):
+        for name, tokens, labels in (
+            ("train", data.train_tokens, data.train_labels),
+            ("test", data.test_tokens, data.test_labels),
+        ):
             logits = model_(tokens)
             row[f"{name}_loss"] = float(loss(logits, labels))
             row[f"{name}_accuracy"] = float(accuracy_at_equals(logits, labels))
@@ -224,11 +245,23 @@ def train_grokking(config: GrokConfig, loss: LossFn, split: SplitFn,
         return any([rule(step, row) for rule in rules])  # a list: every rule sees every row
 
     decay = config.strength if config.regulariser == "weight_decay" else 0.0
-    result = train(model, lambda step: (data.train_tokens, data.train_labels), loss_fn,
-                   TrainConfig(steps=config.steps, lr=config.lr, weight_decay=decay, betas=BETAS,
-                               eval_every=config.eval_every, progress=progress, threads=1,
-                               description=f"p={config.p} {config.operation}"),
-                   eval_fn=evaluate, callback=on_row)
+    result = train(
+        model,
+        lambda step: (data.train_tokens, data.train_labels),
+        loss_fn,
+        TrainConfig(
+            steps=config.steps,
+            lr=config.lr,
+            weight_decay=decay,
+            betas=BETAS,
+            eval_every=config.eval_every,
+            progress=progress,
+            threads=1,
+            description=f"p={config.p} {config.operation}",
+        ),
+        eval_fn=evaluate,
+        callback=on_row,
+    )
     return GrokRun(config, model, result.log, result.seconds, result.stopped_at)
 
 
@@ -322,8 +355,11 @@ def grid_logits(model, p: int) -> Tensor:
     scores = [(keys[pos] * query).sum(-1) / scale for pos in ("a", "b", "=")]  # [p, h], [p, h], [h]
     scores = torch.stack(torch.broadcast_tensors(scores[0][:, None], scores[1][None, :], scores[2]), dim=-1)
     pattern = scores.softmax(dim=-1)  # [a, b, n_heads, 3 keys]
-    z = (pattern[..., 0, None] * values["a"][:, None] + pattern[..., 1, None] * values["b"][None, :]
-         + pattern[..., 2, None] * values["="])  # [a, b, n_heads, d_head]
+    z = (
+        pattern[..., 0, None] * values["a"][:, None]
+        + pattern[..., 1, None] * values["b"][None, :]
+        + pattern[..., 2, None] * values["="]
+    )  # [a, b, n_heads, d_head]
     attn_out = einops.einsum(z, model.W_O[layer], "a b h e, h e d -> a b d") + model.b_O[layer]
     resid_mid = resid["="] + attn_out
     pre = resid_mid @ model.W_in[layer] + model.b_in[layer]
@@ -359,8 +395,9 @@ class MeasureFunctions:
     sum_of_squared_weights: Callable[[torch.nn.Module], Tensor]
 
 
-def progress_measures(model, data: tasks.ModularAddition, key_freqs: Sequence[int],
-                      fns: MeasureFunctions) -> dict[str, float]:
+def progress_measures(
+    model, data: tasks.ModularAddition, key_freqs: Sequence[int], fns: MeasureFunctions
+) -> dict[str, float]:
     """Everything the chapter plots per snapshot: losses and accuracies on the split, the restricted and excluded
     losses, the Gini coefficients of ``W_E``'s and ``W_L``'s frequency norms, the sum of squared weights and the
     smallest training margin."""
@@ -387,16 +424,21 @@ def progress_measures(model, data: tasks.ModularAddition, key_freqs: Sequence[in
     }
 
 
-def trajectory_measures(snapshots: Mapping[int, dict[str, Tensor]], config: models.ModelConfig | dict, seed: int,
-                        data: tasks.ModularAddition, key_freqs: Sequence[int], fns: MeasureFunctions,
-                        progress: bool = True) -> list[dict]:
+def trajectory_measures(
+    snapshots: Mapping[int, dict[str, Tensor]],
+    config: models.ModelConfig | dict,
+    seed: int,
+    data: tasks.ModularAddition,
+    key_freqs: Sequence[int],
+    fns: MeasureFunctions,
+    progress: bool = True,
+) -> list[dict]:
     """``progress_measures`` at every snapshot (``{step: state_dict}``), one row per step, with a progress bar."""
     from tqdm.auto import tqdm
 
     model = models.make_model(config, seed=seed)
     rows = []
-    for step, state in tqdm(sorted(snapshots.items()), desc="progress measures", unit="snapshot",
-                            disable=not progress):
+    for step, state in tqdm(sorted(snapshots.items()), desc="progress measures", unit="snapshot", disable=not progress):
         model.load_state_dict(state)
         rows.append({"step": step, **progress_measures(model, data, key_freqs, fns)})
     return rows
@@ -434,18 +476,24 @@ MIN_RELATIVE_CHANGE = 0.25
 MIN_FRACTION_CHANGE = 0.1
 PREDICTIONS = ("groks", "does not grok")
 #: The ranges the grader runs (so that one re-run stays within its time).
-CLAIM_LIMITS = {"d_model": (16, 128), "d_mlp": (16, 512), "n_layers": (1, 2), "n_heads": (1, 8),
-                "train_fraction": (0.05, 0.95), "strength": (0.0, 10.0)}
+CLAIM_LIMITS = {
+    "d_model": (16, 128),
+    "d_mlp": (16, 512),
+    "n_layers": (1, 2),
+    "n_heads": (1, 8),
+    "train_fraction": (0.05, 0.95),
+    "strength": (0.0, 10.0),
+}
 #: Floating-point slack when comparing a change with its minimum (0.6 - 0.5 is 0.0999... in binary).
 _SLACK = 1e-9
 
 
 def _cost(config: GrokConfig) -> float:
     """Relative compute per step: training pairs x (per-layer MLP and attention work + unembedding)."""
-    per_layer = 2 * config.d_model * config.d_mlp + 4 * config.d_model ** 2
+    per_layer = 2 * config.d_model * config.d_mlp + 4 * config.d_model**2
     per_example = config.n_layers * per_layer + config.d_model * config.p
     evaluated = config.train_fraction + (1 - config.train_fraction) / config.eval_every / 3
-    return config.p ** 2 * evaluated * per_example
+    return config.p**2 * evaluated * per_example
 
 
 def claim_step_budget(config: GrokConfig) -> int:
@@ -476,8 +524,10 @@ def validate_claim(claim: Any) -> tuple[GrokConfig, str, str]:
         raise ValueError(f'claim["change"] should be one of {tuple(CHANGE_KINDS)}, got {change!r}.')
     for name in ("p", "lr"):
         if getattr(config, name) != getattr(CHAPTER_CONFIG, name):
-            raise ValueError(f"keep {name} = {getattr(CHAPTER_CONFIG, name)} as in the chapter (it is not one of the "
-                             f"four kinds of change).")
+            raise ValueError(
+                f"keep {name} = {getattr(CHAPTER_CONFIG, name)} as in the chapter (it is not one of the "
+                f"four kinds of change)."
+            )
     if config.operation not in OPERATIONS:
         raise ValueError(f"operation must be one of {tuple(OPERATIONS)}, got {config.operation!r}.")
     if config.regulariser not in REGULARISERS:
@@ -495,13 +545,17 @@ def validate_claim(claim: Any) -> tuple[GrokConfig, str, str]:
     kinds = changed_kinds(config)
     if kinds != [change]:
         found = ", ".join(kinds) if kinds else "nothing"
-        raise ValueError(f"the config should differ from the chapter's (grokking.CHAPTER_CONFIG) in exactly the kind "
-                         f"you state ({change}); it differs in: {found}.")
+        raise ValueError(
+            f"the config should differ from the chapter's (grokking.CHAPTER_CONFIG) in exactly the kind "
+            f"you state ({change}); it differs in: {found}."
+        )
     _require_a_real_change(config, change)
     budget = claim_step_budget(config)
     if budget < 2 * GROK_MIN_GAP:
-        raise ValueError(f"this setup is too costly to re-run: the grader could afford only {budget} steps (about "
-                         f"{CLAIM_RUN_SECONDS} s on one core); make it smaller.")
+        raise ValueError(
+            f"this setup is too costly to re-run: the grader could afford only {budget} steps (about "
+            f"{CLAIM_RUN_SECONDS} s on one core); make it smaller."
+        )
     return replace(config, steps=budget), change, prediction
 
 
@@ -509,19 +563,31 @@ def _require_a_real_change(config: GrokConfig, change: str) -> None:
     """Refuse a change too small to be a different setup (``MIN_RELATIVE_CHANGE``, ``MIN_FRACTION_CHANGE``)."""
     base = CHAPTER_CONFIG
     if change == "train_fraction" and abs(config.train_fraction - base.train_fraction) < MIN_FRACTION_CHANGE - _SLACK:
-        raise ValueError(f"train_fraction {config.train_fraction} is within {MIN_FRACTION_CHANGE} of the chapter's "
-                         f"{base.train_fraction}: that is the same setup. Move it further.")
-    if change == "regulariser" and config.regulariser == base.regulariser and \
-            abs(config.strength - base.strength) < MIN_RELATIVE_CHANGE * base.strength - _SLACK:
-        raise ValueError(f"weight decay {config.strength} is within {MIN_RELATIVE_CHANGE:.0%} of the chapter's "
-                         f"{base.strength}: that is the same setup. Change it more, or use another regulariser.")
+        raise ValueError(
+            f"train_fraction {config.train_fraction} is within {MIN_FRACTION_CHANGE} of the chapter's "
+            f"{base.train_fraction}: that is the same setup. Move it further."
+        )
+    if (
+        change == "regulariser"
+        and config.regulariser == base.regulariser
+        and abs(config.strength - base.strength) < MIN_RELATIVE_CHANGE * base.strength - _SLACK
+    ):
+        raise ValueError(
+            f"weight decay {config.strength} is within {MIN_RELATIVE_CHANGE:.0%} of the chapter's "
+            f"{base.strength}: that is the same setup. Change it more, or use another regulariser."
+        )
     if change == "architecture":
-        moved = [name for name in ("d_model", "d_mlp") if abs(getattr(config, name) - getattr(base, name))
-                 >= MIN_RELATIVE_CHANGE * getattr(base, name) - _SLACK]
+        moved = [
+            name
+            for name in ("d_model", "d_mlp")
+            if abs(getattr(config, name) - getattr(base, name)) >= MIN_RELATIVE_CHANGE * getattr(base, name) - _SLACK
+        ]
         discrete = [name for name in ("n_heads", "n_layers", "act_fn") if getattr(config, name) != getattr(base, name)]
         if not moved and not discrete:
-            raise ValueError(f"d_model and d_mlp must move by at least {MIN_RELATIVE_CHANGE:.0%} (or change n_heads, "
-                             f"n_layers or act_fn): a smaller change is the same setup.")
+            raise ValueError(
+                f"d_model and d_mlp must move by at least {MIN_RELATIVE_CHANGE:.0%} (or change n_heads, "
+                f"n_layers or act_fn): a smaller change is the same setup."
+            )
 
 
 @dataclass
@@ -552,20 +618,26 @@ def describe_outcome(run: GrokRun, grok_steps: GrokStepsFn) -> str:
     """One sentence: when train and test accuracy reached 99%, or where the run stopped."""
     train_step, test_step = grok_steps(run.history)
     last = run.history[-1]
-    train = (f"reached 99% train accuracy at step {train_step}" if train_step is not None
-             else f"never reached 99% train accuracy (final {last['train_accuracy']:.3f})")
+    train = (
+        f"reached 99% train accuracy at step {train_step}"
+        if train_step is not None
+        else f"never reached 99% train accuracy (final {last['train_accuracy']:.3f})"
+    )
     if test_step is not None:
         test = f"99% test accuracy at step {test_step}"
     elif run.stopped_at is not None:
-        test = (f"was stopped at step {run.stopped_at} of {run.config.steps}, when 99% test accuracy could no longer "
-                f"come {GROK_MIN_GAP} steps after 99% train accuracy (final test accuracy {last['test_accuracy']:.3f})")
+        test = (
+            f"was stopped at step {run.stopped_at} of {run.config.steps}, when 99% test accuracy could no longer "
+            f"come {GROK_MIN_GAP} steps after 99% train accuracy (final test accuracy {last['test_accuracy']:.3f})"
+        )
     else:
         test = f"never reached 99% test accuracy in {last['step'] + 1} steps (final {last['test_accuracy']:.3f})"
     return f"{train} and {test}"
 
 
-def run_claim(config: GrokConfig | dict, loss: LossFn, split: SplitFn, grok_steps: GrokStepsFn,
-              progress: bool = True) -> tuple[str, GrokRun]:
+def run_claim(
+    config: GrokConfig | dict, loss: LossFn, split: SplitFn, grok_steps: GrokStepsFn, progress: bool = True
+) -> tuple[str, GrokRun]:
     """Train ``config`` as the grader does and return ``(verdict, run)``: for ``claim_step_budget(config)`` steps
     whatever ``config.steps`` says, on one thread, stopping once the verdict is decided (``StopWhenDecided``), with
     ``config``'s own seeds (the grader's check replaces them by its own)."""

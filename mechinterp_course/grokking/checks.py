@@ -104,14 +104,18 @@ def _pairs_checked(fn: Callable, p: int) -> tuple[Tensor, Tensor]:
         fail(f"the third token of every row must be '=', token p = {p}; row {row} has {int(tokens[row, 2])}.")
     pairs = {tuple(pair) for pair in tokens[:, :2].tolist()}
     if len(pairs) != p * p or not bool(((tokens[:, :2] >= 0) & (tokens[:, :2] < p)).all()):
-        fail(f"the rows must hold every pair (a, b) with 0 <= a, b < {p} exactly once; yours hold {len(pairs)} "
-             f"different pairs (some in range, some maybe not).")
+        fail(
+            f"the rows must hold every pair (a, b) with 0 <= a, b < {p} exactly once; yours hold {len(pairs)} "
+            f"different pairs (some in range, some maybe not)."
+        )
     own = (tokens[:, 0] + tokens[:, 1]) % p
     if not torch.equal(labels.long(), own.long()):
         row = int((labels.long() != own.long()).nonzero()[0])
         a, b = int(tokens[row, 0]), int(tokens[row, 1])
-        fail(f"labels do not match your own tokens: row {row} holds a = {a}, b = {b} but its label is "
-             f"{int(labels[row])}; the label is (a + b) mod p.")
+        fail(
+            f"labels do not match your own tokens: row {row} holds a = {a}, b = {b} but its label is "
+            f"{int(labels[row])}; the label is (a + b) mod p."
+        )
     return tokens, labels
 
 
@@ -155,31 +159,46 @@ def split_indices(fn: Callable) -> str:
         train, test = as_tensor(train, "the train indices"), as_tensor(test, "the test indices")
         for what, value in (("train", train), ("test", test)):
             if value.is_floating_point() or value.ndim != 1:
-                fail(f"the {what} indices should be a 1-D integer tensor {context}; got dtype {value.dtype}, "
-                     f"shape {tuple(value.shape)}.")
+                fail(
+                    f"the {what} indices should be a 1-D integer tensor {context}; got dtype {value.dtype}, "
+                    f"shape {tuple(value.shape)}."
+                )
         n_train = round(fraction * n)
         if len(train) != n_train or len(test) != n - n_train:
-            fail(f"{len(train)} train and {len(test)} test indices {context}; expected round(train_fraction * n) "
-                 f"= {n_train} and the other {n - n_train}.")
+            fail(
+                f"{len(train)} train and {len(test)} test indices {context}; expected round(train_fraction * n) "
+                f"= {n_train} and the other {n - n_train}."
+            )
         if not torch.equal(torch.cat([train, test]).long().sort().values, torch.arange(n)):
             fail(f"train and test together must hold every index 0 .. {n - 1} exactly once {context}.")
         if torch.equal(train.long(), torch.arange(n_train)):
             fail(f"the training set is the first {n_train} indices in order {context}: shuffle first.")
         again = as_tensor(_pair(call(fn, n, fraction, seed), "(train, test)")[0], "the train indices")
         if not torch.equal(again.long(), train.long()):
-            fail(f"two calls with the same seed gave different splits {context}: draw the permutation from a "
-                 f"generator seeded with `seed` (torch.Generator().manual_seed(seed)), not from the global one.")
+            fail(
+                f"two calls with the same seed gave different splits {context}: draw the permutation from a "
+                f"generator seeded with `seed` (torch.Generator().manual_seed(seed)), not from the global one."
+            )
         other = as_tensor(_pair(call(fn, n, fraction, seed + 1), "(train, test)")[0], "the train indices")
         if torch.equal(other.long(), train.long()):
             fail(f"seeds {seed} and {seed + 1} gave the same split {context}: the split must depend on `seed`.")
         expected_train, expected_test = reference.split_indices(n, fraction, seed)
         positions = ["position "]
-        compare(train, expected_train, "the train indices", atol=0, rtol=0, index=positions,
-                context=f"{context}: the first round(train_fraction * n) entries of torch.randperm(n, "
-                        f"generator=torch.Generator().manual_seed(seed))")
+        compare(
+            train,
+            expected_train,
+            "the train indices",
+            atol=0,
+            rtol=0,
+            index=positions,
+            context=f"{context}: the first round(train_fraction * n) entries of torch.randperm(n, "
+            f"generator=torch.Generator().manual_seed(seed))",
+        )
         compare(test, expected_test, "the test indices", atol=0, rtol=0, index=positions, context=context)
-    return (f"{len(cases)} sizes, fractions and seeds: a shuffled, reproducible split of the right sizes, the "
-            f"permutation of the seed")
+    return (
+        f"{len(cases)} sizes, fractions and seeds: a shuffled, reproducible split of the right sizes, the "
+        f"permutation of the seed"
+    )
 
 
 #: The confident trials' margins: the right answer this many nats above every other logit, as late in training.
@@ -211,20 +230,31 @@ def loss_at_equals(fn: Callable) -> str:
     batch, n_out = 6, 7 + first.randint(0, 5) if is_hidden() else 7
     labels = torch.randint(0, n_out, (batch,), generator=first.generator)
     uniform = torch.full((batch, 3, n_out), 2.5)
-    compare(call(fn, uniform.clone(), labels.clone()), torch.tensor(math.log(n_out), dtype=torch.float64),
-            "the loss", atol=1e-6, rtol=1e-6, context=f"of uniform logits over {n_out} answers (expected ln {n_out})")
+    compare(
+        call(fn, uniform.clone(), labels.clone()),
+        torch.tensor(math.log(n_out), dtype=torch.float64),
+        "the loss",
+        atol=1e-6,
+        rtol=1e-6,
+        context=f"of uniform logits over {n_out} answers (expected ln {n_out})",
+    )
     # 2. Property: only the '=' position counts.
     logits = torch.randn(batch, 3, n_out, generator=first.generator)
     plain = call(fn, logits.clone(), labels.clone())
     changed = logits.clone()
     changed[:, :-1] = torch.randn(batch, 2, n_out, generator=first.generator) * 10
-    compare(call(fn, changed, labels.clone()), as_tensor(plain, "the loss"), "the loss", atol=1e-9, rtol=1e-9,
-            context="after changing the logits before '=' (positions 0 and 1 must not matter)")
+    compare(
+        call(fn, changed, labels.clone()),
+        as_tensor(plain, "the loss"),
+        "the loss",
+        atol=1e-9,
+        rtol=1e-9,
+        context="after changing the logits before '=' (positions 0 and 1 must not matter)",
+    )
     # 3. The dtype.
     loss = as_tensor(plain, "the loss")
     if loss.dtype != torch.float64:
-        fail(f"the loss has dtype {loss.dtype}; compute it in float64 (convert the logits before the "
-             f"cross-entropy).")
+        fail(f"the loss has dtype {loss.dtype}; compute it in float64 (convert the logits before the cross-entropy).")
     # 4. Where precision matters: a result converted to float64 after a float32 computation fails here.
     confident, answers = confident_logits(16, trial_list[1].generator)
     expected = reference.loss_at_equals(confident, answers)
@@ -233,21 +263,35 @@ def loss_at_equals(fn: Callable) -> str:
     low, high = CONFIDENT_MARGINS
     if actual.numel() == 1 and not math.isclose(float(actual), float(expected), rel_tol=1e-4, abs_tol=1e-15):
         float32_like = math.isclose(float(actual), float(in_float32), rel_tol=1e-3, abs_tol=1e-12)
-        fail(f"on confident logits (each right answer {low:.0f} to {high:.0f} nats above the others, as late in "
-             f"training) your loss is {float(actual):.3g}, where float64 arithmetic gives {float(expected):.3g}"
-             + (": that is what float32 gives. Near a probability of 1, float32 can only take steps of 1.19e-07, so "
+        fail(
+            f"on confident logits (each right answer {low:.0f} to {high:.0f} nats above the others, as late in "
+            f"training) your loss is {float(actual):.3g}, where float64 arithmetic gives {float(expected):.3g}"
+            + (
+                ": that is what float32 gives. Near a probability of 1, float32 can only take steps of 1.19e-07, so "
                 "most of these tiny losses round to 0. Convert the logits to float64 *before* the cross-entropy; "
-                "converting its result is too late." if float32_like else "."))
+                "converting its result is too late."
+                if float32_like
+                else "."
+            )
+        )
     # 5. Random logits of several shapes.
     for trial in trial_list[2:]:
         batch, pos, n_out = trial.randint(3, 40), trial.randint(2, 4), trial.randint(5, 120)
         scale = 1.0 + 4.0 * trial.index
         logits = torch.randn(batch, pos, n_out, generator=trial.generator) * scale
         labels = torch.randint(0, n_out, (batch,), generator=trial.generator)
-        compare(call(fn, logits.clone(), labels.clone()), reference.loss_at_equals(logits, labels), "the loss",
-                atol=1e-9, rtol=1e-6, context=f"(logits of shape {tuple(logits.shape)})")
-    return (f"uniform logits cost ln(n_out), only '=' counts, float64 even where the right answer leads by "
-            f"{low:.0f}-{high:.0f} nats; 2 random shapes")
+        compare(
+            call(fn, logits.clone(), labels.clone()),
+            reference.loss_at_equals(logits, labels),
+            "the loss",
+            atol=1e-9,
+            rtol=1e-6,
+            context=f"(logits of shape {tuple(logits.shape)})",
+        )
+    return (
+        f"uniform logits cost ln(n_out), only '=' counts, float64 even where the right answer leads by "
+        f"{low:.0f}-{high:.0f} nats; 2 random shapes"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -260,8 +304,10 @@ HAND_MADE = [(0, 0.5, 0.1), (7, 0.95, 0.2), (14, 0.99, 0.3), (21, 0.97, 0.5), (2
 
 
 def _history(rows: Sequence[tuple[int, float, float]]) -> list[dict]:
-    return [{"step": step, "train_loss": 1.0, "test_loss": 1.0, "train_accuracy": train, "test_accuracy": test}
-            for step, train, test in rows]
+    return [
+        {"step": step, "train_loss": 1.0, "test_loss": 1.0, "train_accuracy": train, "test_accuracy": test}
+        for step, train, test in rows
+    ]
 
 
 def _random_history(trial) -> list[dict]:
@@ -299,13 +345,17 @@ def grok_steps(fn: Callable) -> str:
         rows = [row["step"] for row in hand_made]
         positions = tuple(rows.index(step) if step in rows else None for step in expected)
         if actual == positions:
-            fail(f"you returned the rows' positions in the list ({actual}), not their 'step' values; rows are "
-                 f"logged every 7 steps in this history.")
+            fail(
+                f"you returned the rows' positions in the list ({actual}), not their 'step' values; rows are "
+                f"logged every 7 steps in this history."
+            )
         wrong = [name for name, a, e in zip(("train_step", "test_step"), actual, expected) if a != e]
-        fail(f"on a hand-made history (threshold {threshold}, rows every 7 steps, train accuracy exactly "
-             f"{SOLVED_ACCURACY} at one row and dipping after it) {' and '.join(wrong)} "
-             f"{'is' if len(wrong) == 1 else 'are'} wrong: the first row whose accuracy is at least the threshold "
-             f"counts, even if it dips later.")
+        fail(
+            f"on a hand-made history (threshold {threshold}, rows every 7 steps, train accuracy exactly "
+            f"{SOLVED_ACCURACY} at one row and dipping after it) {' and '.join(wrong)} "
+            f"{'is' if len(wrong) == 1 else 'are'} wrong: the first row whose accuracy is at least the threshold "
+            f"counts, even if it dips later."
+        )
     # Then random histories, some never solved.
     histories = [_random_history(trial) for trial in trials(6)]
     wrong = {"train_step": 0, "test_step": 0}
@@ -315,8 +365,7 @@ def grok_steps(fn: Callable) -> str:
         for name, a, e in zip(wrong, actual, expected):
             wrong[name] += a != e
     if any(wrong.values()):
-        said = " and ".join(f"{name} is wrong in {count} of {len(histories)}" for name, count in wrong.items()
-                            if count)
+        said = " and ".join(f"{name} is wrong in {count} of {len(histories)}" for name, count in wrong.items() if count)
         fail(f"on random histories {said} (some never reach the threshold: return None for those).")
     return f"a hand-made history at two thresholds, {len(histories)} random ones (some never solved)"
 
@@ -334,8 +383,10 @@ def fourier_basis(fn: Callable) -> str:
         labels = basis_labels(p)
         basis = as_tensor(call(fn, p), "the basis")
         if tuple(basis.shape) != (p, p):
-            fail(f"the basis has shape {tuple(basis.shape)} for p = {p}; expected [p, p] = {(p, p)} (one row per "
-                 f"basis vector: const, then cos and sin of each frequency 1 .. (p - 1) / 2).")
+            fail(
+                f"the basis has shape {tuple(basis.shape)} for p = {p}; expected [p, p] = {(p, p)} (one row per "
+                f"basis vector: const, then cos and sin of each frequency 1 .. (p - 1) / 2)."
+            )
         if not basis.is_floating_point():
             fail(f"the basis has dtype {basis.dtype}; it holds real numbers (a floating-point dtype).")
         rows = basis.double()
@@ -344,15 +395,18 @@ def fourier_basis(fn: Callable) -> str:
         norms = rows.norm(dim=1)
         worst = int((norms - 1).abs().argmax())
         if abs(float(norms[worst]) - 1) > 1e-4:
-            fail(f"row {labels[worst]} has norm {float(norms[worst]):.4g} for p = {p}; divide every row by its "
-                 f"norm, so that each has norm 1.")
+            fail(
+                f"row {labels[worst]} has norm {float(norms[worst]):.4g} for p = {p}; divide every row by its "
+                f"norm, so that each has norm 1."
+            )
         gram = rows @ rows.T - torch.eye(p, dtype=torch.float64)
         i, j = divmod(int(gram.abs().argmax()), p)
         if abs(float(gram[i, j])) > 1e-4:
-            fail(f"rows {labels[i]} and {labels[j]} are not orthogonal for p = {p} (dot product "
-                 f"{float(gram[i, j]):.3g}); each frequency should appear once, as a cos row and a sin row.")
-        compare(basis, reference.fourier_basis(p), "the basis", atol=1e-4, context=f"(p = {p})",
-                index=[labels, "x="])
+            fail(
+                f"rows {labels[i]} and {labels[j]} are not orthogonal for p = {p} (dot product "
+                f"{float(gram[i, j]):.3g}); each frequency should appear once, as a cos row and a sin row."
+            )
+        compare(basis, reference.fourier_basis(p), "the basis", atol=1e-4, context=f"(p = {p})", index=[labels, "x="])
     return f"p = {', '.join(map(str, sizes))}: orthonormal rows in the documented order"
 
 
@@ -369,23 +423,35 @@ def frequency_norms(fn: Callable) -> str:
     if tuple(norms.shape) == ((p - 1) // 2 + 1,):
         total, expected_total = float(norms.double().pow(2).sum()), float(W.pow(2).sum())
         if not math.isclose(total, expected_total, rel_tol=1e-4):
-            fail(f"the squares of your norms add up to {total:.4g}, but ||W||² is {expected_total:.4g} (p = {p}); "
-                 f"with an orthonormal basis they must agree: count each frequency's cos and sin rows together, "
-                 f"and the constant row once.")
+            fail(
+                f"the squares of your norms add up to {total:.4g}, but ||W||² is {expected_total:.4g} (p = {p}); "
+                f"with an orthonormal basis they must agree: count each frequency's cos and sin rows together, "
+                f"and the constant row once."
+            )
     # Known answer: a pure wave of one frequency, any phase, in every column (mixed), has one nonzero entry.
     k, phase = 1 + anchor.randint(0, (p - 3) // 2), float(torch.rand(1, generator=anchor.generator)) * 6
     mix = torch.randn(d, generator=anchor.generator, dtype=torch.float64)
     wave = torch.outer(_wave(p, k, phase), mix)
     expected = torch.zeros((p - 1) // 2 + 1, dtype=torch.float64)
     expected[k] = wave.norm()
-    compare(call(fn, wave.clone(), p), expected, "the norms", index=names,
-            context=f"of a pure wave cos(w_{k} x + {phase:.2f}) in every column (p = {p}; only k={k} is nonzero)")
+    compare(
+        call(fn, wave.clone(), p),
+        expected,
+        "the norms",
+        index=names,
+        context=f"of a pure wave cos(w_{k} x + {phase:.2f}) in every column (p = {p}; only k={k} is nonzero)",
+    )
     # Then random shapes.
     for trial, (p, d) in zip(trial_list[1:], [(7, 3), (13, 16), (23, 5)]):
         p, d = _prime(trial, p), trial.randint(1, 20) if is_hidden() else d
         W = torch.randn(p, d, generator=trial.generator)
-        compare(call(fn, W.clone(), p), reference.frequency_norms(W, p), "the norms", index=[frequency_labels(p)],
-                context=f"(W of shape {(p, d)})")
+        compare(
+            call(fn, W.clone(), p),
+            reference.frequency_norms(W, p),
+            "the norms",
+            index=[frequency_labels(p)],
+            context=f"(W of shape {(p, d)})",
+        )
     return "squares add up to ||W||²; a pure wave has one nonzero frequency; 3 random shapes"
 
 
@@ -417,17 +483,30 @@ def neuron_frequency_fractions(fn: Callable) -> str:
     acts = torch.stack([pure, mixed], dim=-1) + 5.0
     fraction, frequency = _pair(call(fn, acts.clone(), p), "(fraction, frequency)")
     neurons = ["neuron "]
-    compare(fraction, torch.tensor([1.0, 0.75], dtype=torch.float64), "the fractions", index=neurons,
-            context=f"of neuron 0, built from frequency {k1} alone (expected 1), and neuron 1, frequencies {k2} and "
-                    f"{k1} at 3 : 1 in energy (expected 0.75), both with a constant offset (p = {p})")
+    compare(
+        fraction,
+        torch.tensor([1.0, 0.75], dtype=torch.float64),
+        "the fractions",
+        index=neurons,
+        context=f"of neuron 0, built from frequency {k1} alone (expected 1), and neuron 1, frequencies {k2} and "
+        f"{k1} at 3 : 1 in energy (expected 0.75), both with a constant offset (p = {p})",
+    )
     frequency = as_tensor(frequency, "the frequencies")
     expected_frequency = torch.tensor([k1, k2])
     if tuple(frequency.shape) == (2,) and torch.equal(frequency.long(), expected_frequency - 1):
-        fail("your frequencies are one less than they should be: frequencies count from 1 (frequency k owns "
-             "basis rows 2k - 1 and 2k).")
-    compare(frequency.long() if not frequency.is_floating_point() else frequency, expected_frequency,
-            "the best frequencies", atol=0, rtol=0, index=neurons,
-            context=f"(neuron 0 is frequency {k1}, neuron 1 mostly {k2})")
+        fail(
+            "your frequencies are one less than they should be: frequencies count from 1 (frequency k owns "
+            "basis rows 2k - 1 and 2k)."
+        )
+    compare(
+        frequency.long() if not frequency.is_floating_point() else frequency,
+        expected_frequency,
+        "the best frequencies",
+        atol=0,
+        rtol=0,
+        index=neurons,
+        context=f"(neuron 0 is frequency {k1}, neuron 1 mostly {k2})",
+    )
     # Then random noisy single-frequency neurons of three shapes.
     for trial, (p, n) in zip(trial_list[1:], [(7, 4), (13, 9), (17, 6)]):
         p, n = _prime(trial, p), trial.randint(2, 12) if is_hidden() else n
@@ -436,8 +515,9 @@ def neuron_frequency_fractions(fn: Callable) -> str:
         b = torch.arange(p, dtype=torch.float32)[None, :, None]
         freqs = torch.randint(1, (p - 1) // 2 + 1, (n,), generator=generator).float()
         phase = torch.rand(2, n, generator=generator) * 6
-        acts = torch.relu(torch.cos(2 * math.pi * freqs * a / p + phase[0])
-                          + torch.cos(2 * math.pi * freqs * b / p + phase[1]))
+        acts = torch.relu(
+            torch.cos(2 * math.pi * freqs * a / p + phase[0]) + torch.cos(2 * math.pi * freqs * b / p + phase[1])
+        )
         acts = acts + torch.randn(p, p, n, generator=generator) * torch.rand(n, generator=generator) * 0.8
         expected_fraction, expected_freq = reference.neuron_frequency_fractions(acts, p)
         fraction, frequency = _pair(call(fn, acts.clone(), p), "(fraction, frequency)")
@@ -448,11 +528,19 @@ def neuron_frequency_fractions(fn: Callable) -> str:
         clear = expected_fraction > 0.55
         frequency = as_tensor(frequency, "the frequencies")
         if tuple(frequency.shape) != tuple(expected_freq.shape):
-            fail(f"the frequencies have shape {tuple(frequency.shape)}, expected {tuple(expected_freq.shape)} "
-                 f"{context}.")
+            fail(
+                f"the frequencies have shape {tuple(frequency.shape)}, expected {tuple(expected_freq.shape)} {context}."
+            )
         kept = torch.nonzero(clear).flatten().tolist()
-        compare(frequency.double()[clear], expected_freq[clear].double(), "the best frequencies", atol=0, rtol=0,
-                index=lambda index, kept=kept: f"neuron {kept[index[0]]}", context=f"{context}, where one dominates")
+        compare(
+            frequency.double()[clear],
+            expected_freq[clear].double(),
+            "the best frequencies",
+            atol=0,
+            rtol=0,
+            index=lambda index, kept=kept: f"neuron {kept[index[0]]}",
+            context=f"{context}, where one dominates",
+        )
     return "a one-frequency neuron gets 1, a 3 : 1 mix 0.75, offsets ignored; 3 sets of noisy neurons"
 
 
@@ -478,24 +566,32 @@ def fit_logits(fn: Callable) -> str:
     compare(fitted, torch.tensor(alpha, dtype=torch.float64), "alpha", atol=1e-3, index=names, context=context)
     explained = as_tensor(explained, "the variance explained")
     if explained.numel() == 1 and not math.isclose(float(explained), 1.0, abs_tol=1e-4):
-        fail(f"the variance explained is {float(explained):.4g} {context}: expected 1. Centre each (a, b)'s logits "
-             f"over c before fitting (the term per (a, b) is not part of the algorithm), and divide by the centred "
-             f"logits' sum of squares.")
+        fail(
+            f"the variance explained is {float(explained):.4g} {context}: expected 1. Centre each (a, b)'s logits "
+            f"over c before fitting (the term per (a, b) is not part of the algorithm), and divide by the centred "
+            f"logits' sum of squares."
+        )
     # Then noisy tables.
     for trial, (p, n_keys, noise) in zip(trial_list[1:], [(13, 3, 0.3), (17, 1, 1.0)]):
         p = _prime(trial, p)
         n_keys = min(n_keys, (p - 1) // 2)
         keys = _random_keys(p, n_keys, trial.generator)
         alpha = (torch.rand(n_keys, generator=trial.generator, dtype=torch.float64) * 5 + 1).tolist()
-        logits = cosine_sum_table(p, keys, alpha) + noise * torch.randn(p, p, p, generator=trial.generator,
-                                                                   dtype=torch.float64)
+        logits = cosine_sum_table(p, keys, alpha) + noise * torch.randn(
+            p, p, p, generator=trial.generator, dtype=torch.float64
+        )
         logits = (logits + torch.randn(p, p, 1, generator=trial.generator, dtype=torch.float64) * 3).float()
         expected_alpha, expected_r2 = reference.fit_logits(logits, keys)
         fitted, explained = _pair(call(fn, logits.clone(), list(keys)), "(alpha, variance_explained)")
         context = f"(p = {p}, key frequencies {keys}, noise {noise})"
         compare(fitted, expected_alpha, "alpha", atol=1e-3, index=[[f"k={k}" for k in keys]], context=context)
-        compare(as_tensor(explained, "the variance explained").double(), expected_r2, "the variance explained",
-                atol=1e-3, context=context)
+        compare(
+            as_tensor(explained, "the variance explained").double(),
+            expected_r2,
+            "the variance explained",
+            atol=1e-3,
+            context=context,
+        )
     return "an exact cosine sum is recovered exactly (offsets per (a, b) ignored); 2 noisy tables"
 
 
@@ -516,9 +612,14 @@ def key_frequency_fraction(fn: Callable) -> str:
     # offset, which is not variance.
     for k, expected, what in ((keys[0], 1.0, "a key frequency"), (other, 0.0, "a frequency that is not a key one")):
         x = torch.outer(_wave(p, k, 0.4), torch.tensor([1.0, -2.0], dtype=torch.float64)) + 3.0
-        compare(call(fn, x.clone(), p, list(keys)), torch.tensor(expected, dtype=torch.float64), "the fraction",
-                atol=1e-6, context=f"of a pure wave of {what} (k={k}, key frequencies {keys}) plus a constant "
-                                   f"(expected {expected:g}; the constant row is not variance)")
+        compare(
+            call(fn, x.clone(), p, list(keys)),
+            torch.tensor(expected, dtype=torch.float64),
+            "the fraction",
+            atol=1e-6,
+            context=f"of a pure wave of {what} (k={k}, key frequencies {keys}) plus a constant "
+            f"(expected {expected:g}; the constant row is not variance)",
+        )
     # Then random shapes, and a constant shift that must change nothing.
     for trial, (p, shape, n_keys) in zip(trial_list[1:], [(11, (4,), 2), (17, (3, 5), 3), (23, (), 4)]):
         p = _prime(trial, p)
@@ -530,8 +631,12 @@ def key_frequency_fraction(fn: Callable) -> str:
         expected = reference.key_frequency_fraction(x, p, keys)
         context = f"(x of shape {tuple(x.shape)}, key frequencies {keys})"
         compare(call(fn, x.clone(), p, list(keys)), expected, "the fraction", context=context)
-        compare(call(fn, x + 5.0, p, list(keys)), expected, "the fraction",
-                context=f"{context} after adding a constant, which must change nothing")
+        compare(
+            call(fn, x + 5.0, p, list(keys)),
+            expected,
+            "the fraction",
+            context=f"{context} after adding a constant, which must change nothing",
+        )
     return "a key wave gives 1, another wave 0, a constant nothing; 3 random shapes and key sets"
 
 
@@ -564,18 +669,36 @@ def key_projection(fn: Callable) -> str:
     # Known answers first. An exact cosine sum lies in the span: the projection is the table, the mean 0.
     table = cosine_sum_table(p, keys, [3.0, 1.5]).float()
     mean, projection = _pair(call(fn, table.clone(), list(keys)), "(mean, projection)")
-    compare(mean, torch.zeros(1, 1, p, dtype=torch.float64), "the mean", atol=1e-5, index=[None, None, "c="],
-            context=f"of an exact sum of cos(w_k (a + b − c)) over the key frequencies {context}: it averages to 0 "
-                    f"over (a, b)")
-    compare(projection, table.double(), "the projection", atol=1e-4, index=_abc_index,
-            context=f"of an exact sum of cos(w_k (a + b − c)) over the key frequencies {context}: such a table lies "
-                    f"in the span of the cos/sin(w_k (a + b)) grids, so its projection is itself")
+    compare(
+        mean,
+        torch.zeros(1, 1, p, dtype=torch.float64),
+        "the mean",
+        atol=1e-5,
+        index=[None, None, "c="],
+        context=f"of an exact sum of cos(w_k (a + b − c)) over the key frequencies {context}: it averages to 0 "
+        f"over (a, b)",
+    )
+    compare(
+        projection,
+        table.double(),
+        "the projection",
+        atol=1e-4,
+        index=_abc_index,
+        context=f"of an exact sum of cos(w_k (a + b − c)) over the key frequencies {context}: such a table lies "
+        f"in the span of the cos/sin(w_k (a + b)) grids, so its projection is itself",
+    )
     # A table that does not depend on b has no component along any cos/sin(w_k (a + b)).
     no_b = torch.randn(p, 1, p, generator=anchor.generator).expand(p, p, p).contiguous()
     _, projection = _pair(call(fn, no_b.clone(), list(keys)), "(mean, projection)")
-    compare(projection, torch.zeros(p, p, p, dtype=torch.float64), "the projection", atol=1e-4, index=_abc_index,
-            context=f"of a random table that depends on a and c only {context}: summed over b, every "
-                    f"cos/sin(w_k (a + b)) is 0, so nothing projects")
+    compare(
+        projection,
+        torch.zeros(p, p, p, dtype=torch.float64),
+        "the projection",
+        atol=1e-4,
+        index=_abc_index,
+        context=f"of a random table that depends on a and c only {context}: summed over b, every "
+        f"cos/sin(w_k (a + b)) is 0, so nothing projects",
+    )
     # Then random tables, entry by entry; the input must not change.
     for trial, (p, n_keys) in zip(trial_list[1:], [(11, 2), (17, 3), (7, 1)]):
         p = _prime(trial, p)
@@ -600,15 +723,24 @@ def restricted_loss(fn: Callable) -> str:
     # Known answer first: restricting an exact cosine sum removes nothing.
     table = (cosine_sum_table(p, keys, [4.0, 2.0]) + 1.0).float()
     labels = torch.randint(0, p, (p, p), generator=anchor.generator)
-    compare(call(fn, table.clone(), labels.clone(), list(keys)), _cross_entropy(table, labels), "the restricted loss",
-            atol=1e-5, context=f"of an exact cosine sum over its own frequencies {keys} (p = {p}): restricting it "
-                               f"removes nothing, so the loss is the table's own on all pairs")
+    compare(
+        call(fn, table.clone(), labels.clone(), list(keys)),
+        _cross_entropy(table, labels),
+        "the restricted loss",
+        atol=1e-5,
+        context=f"of an exact cosine sum over its own frequencies {keys} (p = {p}): restricting it "
+        f"removes nothing, so the loss is the table's own on all pairs",
+    )
     for trial, (p, n_keys) in zip(trial_list[1:], [(11, 2), (17, 3), (23, 1)]):
         p = _prime(trial, p)
         logits, labels, keys, _ = _logit_problem(trial, p, min(n_keys, (p - 1) // 2))
-        compare(call(fn, logits.clone(), labels.clone(), list(keys)),
-                reference.restricted_loss(logits, labels, keys), "the restricted loss", atol=1e-4,
-                context=f"(p = {p}, key frequencies {keys}, a random table with a memorised part)")
+        compare(
+            call(fn, logits.clone(), labels.clone(), list(keys)),
+            reference.restricted_loss(logits, labels, keys),
+            "the restricted loss",
+            atol=1e-4,
+            context=f"(p = {p}, key frequencies {keys}, a random table with a memorised part)",
+        )
     return "an exact cosine sum keeps its loss; 3 random tables mixing a Fourier and a memorised part"
 
 
@@ -624,16 +756,24 @@ def excluded_loss(fn: Callable) -> str:
     table = (cosine_sum_table(p, keys, [4.0, 2.0]) + 1.0).float()
     labels = torch.randint(0, p, (p, p), generator=anchor.generator)
     mask = torch.rand(p, p, generator=anchor.generator) < 0.5
-    compare(call(fn, table.clone(), labels.clone(), list(keys), mask.clone()),
-            torch.tensor(math.log(p), dtype=torch.float64), "the excluded loss", atol=1e-5,
-            context=f"of an exact cosine sum over its own frequencies {keys} (p = {p}): nothing is left to tell the "
-                    f"answers apart, so expected ln {p}")
+    compare(
+        call(fn, table.clone(), labels.clone(), list(keys), mask.clone()),
+        torch.tensor(math.log(p), dtype=torch.float64),
+        "the excluded loss",
+        atol=1e-5,
+        context=f"of an exact cosine sum over its own frequencies {keys} (p = {p}): nothing is left to tell the "
+        f"answers apart, so expected ln {p}",
+    )
     for trial, (p, n_keys) in zip(trial_list[1:], [(11, 2), (17, 3), (23, 1)]):
         p = _prime(trial, p)
         logits, labels, keys, mask = _logit_problem(trial, p, min(n_keys, (p - 1) // 2))
-        compare(call(fn, logits.clone(), labels.clone(), list(keys), mask.clone()),
-                reference.excluded_loss(logits, labels, keys, mask), "the excluded loss", atol=1e-4,
-                context=f"(p = {p}, key frequencies {keys}, {int(mask.sum())} training pairs of {p * p})")
+        compare(
+            call(fn, logits.clone(), labels.clone(), list(keys), mask.clone()),
+            reference.excluded_loss(logits, labels, keys, mask),
+            "the excluded loss",
+            atol=1e-4,
+            context=f"(p = {p}, key frequencies {keys}, {int(mask.sum())} training pairs of {p * p})",
+        )
     return "an exact cosine sum loses everything (ln p); 3 random tables and training masks"
 
 
@@ -646,30 +786,54 @@ def frequency_ablation_losses(fn: Callable) -> str:
     keys = _random_keys(p, 3, anchor.generator)
     absent = [k for k in range(1, (p - 1) // 2 + 1) if k not in keys][:2]
     alpha = [4.0, 2.5, 1.5]
-    table = (cosine_sum_table(p, keys, alpha) + torch.randn(p, p, 1, generator=anchor.generator,
-                                                       dtype=torch.float64)).float()
+    table = (
+        cosine_sum_table(p, keys, alpha) + torch.randn(p, p, 1, generator=anchor.generator, dtype=torch.float64)
+    ).float()
     labels = (torch.arange(p)[:, None] + torch.arange(p)[None, :]) % p
     full = _cross_entropy(table, labels)
     # Known answers first: removing a frequency the table does not contain changes nothing ...
-    compare(call(fn, table.clone(), labels.clone(), list(absent)), full.expand(len(absent)), "the losses",
-            atol=1e-5, index=[[f"k={k}" for k in absent]],
-            context=f"after removing frequencies absent from the table (it is a cosine sum over {keys}, p = {p}): "
-                    f"each should be the unablated loss")
+    compare(
+        call(fn, table.clone(), labels.clone(), list(absent)),
+        full.expand(len(absent)),
+        "the losses",
+        atol=1e-5,
+        index=[[f"k={k}" for k in absent]],
+        context=f"after removing frequencies absent from the table (it is a cosine sum over {keys}, p = {p}): "
+        f"each should be the unablated loss",
+    )
     # ... and removing one of its frequencies leaves exactly the sum of the other terms.
-    without = torch.stack([_cross_entropy(cosine_sum_table(p, [k for k in keys if k != removed],
-                                                      [w for k, w in zip(keys, alpha) if k != removed]), labels)
-                           for removed in keys])
-    compare(call(fn, table.clone(), labels.clone(), list(keys)), without, "the losses", atol=1e-5,
-            index=[[f"k={k}" for k in keys]],
-            context=f"after removing each frequency of a cosine sum over {keys} (p = {p}): each should be the loss "
-                    f"of the sum without that term")
+    without = torch.stack(
+        [
+            _cross_entropy(
+                cosine_sum_table(
+                    p, [k for k in keys if k != removed], [w for k, w in zip(keys, alpha) if k != removed]
+                ),
+                labels,
+            )
+            for removed in keys
+        ]
+    )
+    compare(
+        call(fn, table.clone(), labels.clone(), list(keys)),
+        without,
+        "the losses",
+        atol=1e-5,
+        index=[[f"k={k}" for k in keys]],
+        context=f"after removing each frequency of a cosine sum over {keys} (p = {p}): each should be the loss "
+        f"of the sum without that term",
+    )
     for trial, (p, n_freqs) in zip(trial_list[1:], [(11, 3), (17, 4)]):
         p = _prime(trial, p)
         logits, labels, keys, _ = _logit_problem(trial, p, 2)
         freqs = _random_keys(p, min(n_freqs, (p - 1) // 2), trial.generator)
-        compare(call(fn, logits.clone(), labels.clone(), list(freqs)),
-                reference.frequency_ablation_losses(logits, labels, freqs), "the losses", atol=1e-4,
-                index=[[f"k={k}" for k in freqs]], context=f"(p = {p}, a random table; frequencies removed {freqs})")
+        compare(
+            call(fn, logits.clone(), labels.clone(), list(freqs)),
+            reference.frequency_ablation_losses(logits, labels, freqs),
+            "the losses",
+            atol=1e-4,
+            index=[[f"k={k}" for k in freqs]],
+            context=f"(p = {p}, a random table; frequencies removed {freqs})",
+        )
     return "absent frequencies change nothing, removing a term leaves the others' loss; 2 random tables"
 
 
@@ -682,16 +846,30 @@ def _small_model(trial, fill: str = "random"):
     """A small course model (it travels to a graded notebook's kernel by its config and weights) with every
     parameter set: ``"random"``, ``"ones"``, or ``"biases"`` (weights 0, biases random)."""
     d_model, n_heads = 4 * trial.randint(1, 3), 2
-    config = models.ModelConfig(n_layers=1, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
-                                d_mlp=trial.randint(4, 24), d_vocab=trial.randint(5, 12), n_ctx=3, attn_only=False,
-                                normalization_type=None, d_vocab_out=trial.randint(3, 9))
+    config = models.ModelConfig(
+        n_layers=1,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_head=d_model // n_heads,
+        d_mlp=trial.randint(4, 24),
+        d_vocab=trial.randint(5, 12),
+        n_ctx=3,
+        attn_only=False,
+        normalization_type=None,
+        d_vocab_out=trial.randint(3, 9),
+    )
     model = models.make_model(config, seed=trial.seed % 2**31)
     with torch.no_grad():
         for name, param in model.named_parameters():
             random = torch.randn(param.shape, generator=trial.generator)
             is_bias = name.endswith("bias")
-            param.copy_({"random": random, "ones": torch.ones_like(param),
-                         "biases": random if is_bias else torch.zeros_like(param)}[fill])
+            param.copy_(
+                {
+                    "random": random,
+                    "ones": torch.ones_like(param),
+                    "biases": random if is_bias else torch.zeros_like(param),
+                }[fill]
+            )
     return model
 
 
@@ -705,23 +883,42 @@ def sum_of_squared_weights(fn: Callable) -> str:
     n_biases = sum(param.numel() for name, param in ones.named_parameters() if name.endswith("bias"))
     actual = as_tensor(call(fn, ones), "the sum")
     if actual.numel() == 1 and math.isclose(float(actual), n_params - n_biases):
-        fail(f"for a model whose {n_params} parameters are all 1 your sum is {n_params - n_biases}, the number of "
-             f"weights alone: biases are parameters too (every tensor in model.parameters()).")
-    compare(actual, torch.tensor(float(n_params)), "the sum", atol=1e-3,
-            context=f"for a model whose {n_params} parameters are all 1 (expected {n_params}: every parameter "
-                    f"counts once, squared)")
+        fail(
+            f"for a model whose {n_params} parameters are all 1 your sum is {n_params - n_biases}, the number of "
+            f"weights alone: biases are parameters too (every tensor in model.parameters())."
+        )
+    compare(
+        actual,
+        torch.tensor(float(n_params)),
+        "the sum",
+        atol=1e-3,
+        context=f"for a model whose {n_params} parameters are all 1 (expected {n_params}: every parameter "
+        f"counts once, squared)",
+    )
     biases_only = _small_model(trial_list[1], "biases")
     expected = sum(param.detach().pow(2).sum() for param in biases_only.parameters())
     actual = as_tensor(call(fn, biases_only), "the sum")
     if actual.numel() == 1 and math.isclose(float(actual), 0.0, abs_tol=1e-6) and float(expected) > 1e-3:
-        fail("for a model whose weights are all 0 and whose biases are not, your sum is 0: biases are parameters "
-             "too (every tensor in model.parameters()).")
-    compare(actual, expected.detach(), "the sum", atol=1e-3,
-            context="for a model whose weights are all 0 and biases random (expected the biases' sum of squares)")
+        fail(
+            "for a model whose weights are all 0 and whose biases are not, your sum is 0: biases are parameters "
+            "too (every tensor in model.parameters())."
+        )
+    compare(
+        actual,
+        expected.detach(),
+        "the sum",
+        atol=1e-3,
+        context="for a model whose weights are all 0 and biases random (expected the biases' sum of squares)",
+    )
     for trial in trial_list[2:]:
         model = _small_model(trial)
-        compare(call(fn, model), reference.sum_of_squared_weights(model).detach(), "the sum", atol=1e-3,
-                context=f"(a small random model, {sum(p.numel() for p in model.parameters())} parameters)")
+        compare(
+            call(fn, model),
+            reference.sum_of_squared_weights(model).detach(),
+            "the sum",
+            atol=1e-3,
+            context=f"(a small random model, {sum(p.numel() for p in model.parameters())} parameters)",
+        )
     return "all-ones counts the parameters, biases count; 3 random models"
 
 
@@ -735,43 +932,76 @@ def gini(fn: Callable) -> str:
         one_hot[-1] = 2.0
         actual = as_tensor(call(fn, one_hot.clone()), "the coefficient")
         if actual.numel() == 1 and math.isclose(float(actual), 1.0, abs_tol=1e-6):
-            fail(f"for one nonzero value out of {n} your coefficient is 1; the formula gives 1 - 1/n "
-                 f"(= {1 - 1 / n:.3f}): divide by n · Σ x_i, not (n - 1) · Σ x_i.")
-        compare(actual.double(), torch.tensor(1 - 1 / n, dtype=torch.float64), "the coefficient", atol=1e-6,
-                context=f"for one nonzero value out of {n}, the last (expected 1 - 1/n)")
-        compare(as_tensor(call(fn, torch.full((n,), 0.3, dtype=torch.float64)), "the coefficient").double(),
-                torch.tensor(0.0, dtype=torch.float64), "the coefficient", atol=1e-6,
-                context=f"for {n} equal values (expected 0)")
-        compare(as_tensor(call(fn, one_hot.roll(-(n // 2))), "the coefficient").double(),
-                torch.tensor(1 - 1 / n, dtype=torch.float64), "the coefficient", atol=1e-6,
-                context=f"for one nonzero value out of {n}, in the middle (expected 1 - 1/n again: the values come "
-                        f"in any order, so sort them ascending first)")
+            fail(
+                f"for one nonzero value out of {n} your coefficient is 1; the formula gives 1 - 1/n "
+                f"(= {1 - 1 / n:.3f}): divide by n · Σ x_i, not (n - 1) · Σ x_i."
+            )
+        compare(
+            actual.double(),
+            torch.tensor(1 - 1 / n, dtype=torch.float64),
+            "the coefficient",
+            atol=1e-6,
+            context=f"for one nonzero value out of {n}, the last (expected 1 - 1/n)",
+        )
+        compare(
+            as_tensor(call(fn, torch.full((n,), 0.3, dtype=torch.float64)), "the coefficient").double(),
+            torch.tensor(0.0, dtype=torch.float64),
+            "the coefficient",
+            atol=1e-6,
+            context=f"for {n} equal values (expected 0)",
+        )
+        compare(
+            as_tensor(call(fn, one_hot.roll(-(n // 2))), "the coefficient").double(),
+            torch.tensor(1 - 1 / n, dtype=torch.float64),
+            "the coefficient",
+            atol=1e-6,
+            context=f"for one nonzero value out of {n}, in the middle (expected 1 - 1/n again: the values come "
+            f"in any order, so sort them ascending first)",
+        )
     # Then random spectra, and the same values shuffled and rescaled, which must change nothing.
     for trial, (n, skew) in zip(trial_list, [(8, 1.0), (57, 4.0), (29, 0.3)]):
         n = trial.randint(3, 80) if is_hidden() else n
         values = torch.rand(n, generator=trial.generator, dtype=torch.float64).pow(skew)  # unsorted
         expected = reference.gini(values)
-        compare(as_tensor(call(fn, values.clone()), "the coefficient").double(), expected, "the coefficient",
-                atol=1e-6, context=f"({n} random values in no particular order: sort them first)")
+        compare(
+            as_tensor(call(fn, values.clone()), "the coefficient").double(),
+            expected,
+            "the coefficient",
+            atol=1e-6,
+            context=f"({n} random values in no particular order: sort them first)",
+        )
         shuffled = values[torch.randperm(n, generator=trial.generator)] * 7.5
-        compare(as_tensor(call(fn, shuffled), "the coefficient").double(), expected, "the coefficient",
-                atol=1e-6, context=f"(the same {n} values shuffled and multiplied by 7.5, which must change "
-                                   f"nothing)")
+        compare(
+            as_tensor(call(fn, shuffled), "the coefficient").double(),
+            expected,
+            "the coefficient",
+            atol=1e-6,
+            context=f"(the same {n} values shuffled and multiplied by 7.5, which must change nothing)",
+        )
     return "one-hot gives 1 - 1/n, equal values 0; 3 random spectra, shuffled and rescaled"
 
 
 #: The hand-made trajectory of the phase check: excluded loss smallest at step 20; the test loss's peak after
 #: that is 10, first below 5 at step 50; the weights fall from 8 to 3, within 10% of the fall (3.5) at step 70.
-PHASES_BY_HAND = ([0, 10, 20, 30, 40, 50, 60, 70, 80, 90], [5, 3, 1, 2, 4, 6, 6, 6, 6, 6],
-                  [4, 8, 10, 9, 9, 3, 1, 0.1, 0.01, 0.01], [10, 12, 12, 11, 10, 8, 5, 3.2, 3.05, 3.0], (20, 50, 70))
+PHASES_BY_HAND = (
+    [0, 10, 20, 30, 40, 50, 60, 70, 80, 90],
+    [5, 3, 1, 2, 4, 6, 6, 6, 6, 6],
+    [4, 8, 10, 9, 9, 3, 1, 0.1, 0.01, 0.01],
+    [10, 12, 12, 11, 10, 8, 5, 3.2, 3.05, 3.0],
+    (20, 50, 70),
+)
 BOUNDARIES = ("memorisation_end", "cleanup_start", "cleanup_end")
 #: Which rule each boundary comes from, for the messages.
 RULES = {
     "memorisation_end": "rule 1: the first step where the excluded loss is smallest",
-    "cleanup_start": ("rule 2: the first step after the end of memorisation where the test loss is below "
-                      "CLEANUP_START_FRACTION times its largest value from the end of memorisation on"),
-    "cleanup_end": ("rule 3: the first step from the start of clean-up where the weights are within "
-                    "1 - CLEANUP_END_FRACTION of their fall, their minimum taken from the start of clean-up on"),
+    "cleanup_start": (
+        "rule 2: the first step after the end of memorisation where the test loss is below "
+        "CLEANUP_START_FRACTION times its largest value from the end of memorisation on"
+    ),
+    "cleanup_end": (
+        "rule 3: the first step from the start of clean-up where the weights are within "
+        "1 - CLEANUP_END_FRACTION of their fall, their minimum taken from the start of clean-up on"
+    ),
 }
 
 
@@ -826,10 +1056,15 @@ def find_phases(fn: Callable) -> str:
     actual = _boundaries(call(fn, *[list(c) for c in curves]))
     for name, a, e in zip(BOUNDARIES, actual, expected):
         if a != e:
-            fail(f"on a small hand-made trajectory (10 points, every 10 steps) your {name} is step {a}, which is "
-                 f"wrong; re-read {RULES[name]}."
-                 + (" (It is measured from the boundaries before it, so fix those first.)" if name != BOUNDARIES[0]
-                    else ""))
+            fail(
+                f"on a small hand-made trajectory (10 points, every 10 steps) your {name} is step {a}, which is "
+                f"wrong; re-read {RULES[name]}."
+                + (
+                    " (It is measured from the boundaries before it, so fix those first.)"
+                    if name != BOUNDARIES[0]
+                    else ""
+                )
+            )
     [trial] = trials(1)
     problems = _synthetic_trajectories(trial.seed, N_TRAJECTORIES)
     wrong: dict[str, list[int]] = {name: [] for name in BOUNDARIES}
@@ -841,14 +1076,23 @@ def find_phases(fn: Callable) -> str:
                 wrong[name].append(index)
     first_wrong = next((name for name in BOUNDARIES if wrong[name]), None)
     if first_wrong is not None:
-        counts = "; ".join(f"{name} is wrong in {len(wrong[name])} of {len(problems)} trajectories"
-                           for name in BOUNDARIES if wrong[name])
+        counts = "; ".join(
+            f"{name} is wrong in {len(wrong[name])} of {len(problems)} trajectories"
+            for name in BOUNDARIES
+            if wrong[name]
+        )
         traps = all(index % 2 for index in wrong[first_wrong])
-        hint = (" It goes wrong only on the trajectories with a spike during memorisation (a test-loss peak or a "
-                "weight dip before the boundary that counts): read where each rule's maximum or minimum is taken "
-                "from." if traps else "")
-        fail(f"{counts} (synthetic trajectories with phases at random steps). Start with {first_wrong}: "
-             f"{RULES[first_wrong]}.{hint}")
+        hint = (
+            " It goes wrong only on the trajectories with a spike during memorisation (a test-loss peak or a "
+            "weight dip before the boundary that counts): read where each rule's maximum or minimum is taken "
+            "from."
+            if traps
+            else ""
+        )
+        fail(
+            f"{counts} (synthetic trajectories with phases at random steps). Start with {first_wrong}: "
+            f"{RULES[first_wrong]}.{hint}"
+        )
     return f"a hand-made trajectory and {len(problems)} synthetic ones with phases at random steps, some with traps"
 
 
@@ -868,6 +1112,7 @@ _CLAIM_RUNS: dict[tuple, tuple[str, str]] = {}
 def _claim_seeds() -> list[tuple[int, int]]:
     """(seed, data seed) pairs for the running claim check: the instant check's one, and in a hidden test also
     ``CLAIM_SEEDS - 1`` more drawn with the hidden salt (the majority of all of them decides)."""
+
     def pair(trial) -> tuple[int, int]:
         return trial.seed % 2**31, trial.randint(0, 2**31 - 1)
 
@@ -885,8 +1130,13 @@ def _rerun(config, seed: int, data_seed: int) -> tuple[str, str, float | None]:
     if key in _CLAIM_RUNS:
         return (*_CLAIM_RUNS[key], None)
     started = time.perf_counter()
-    verdict, run = run_claim(replace(config, seed=seed, data_seed=data_seed), reference.loss_at_equals,
-                             reference.split_indices, reference.grok_steps, progress=False)
+    verdict, run = run_claim(
+        replace(config, seed=seed, data_seed=data_seed),
+        reference.loss_at_equals,
+        reference.split_indices,
+        reference.grok_steps,
+        progress=False,
+    )
     _CLAIM_RUNS[key] = verdict, describe_outcome(run, reference.grok_steps)
     return (*_CLAIM_RUNS[key], time.perf_counter() - started)
 
@@ -903,10 +1153,13 @@ def my_claim(claim: Any) -> str:
         fail(str(error))
     seeds = _claim_seeds()
     needed = len(seeds) // 2 + 1  # a majority: stop as soon as one verdict has it
-    print(f"Re-training your setup ({_describe_change(config, change)}) from scratch on "
-          f"{'the first of the seeds' if len(seeds) == 1 else f'{len(seeds)} seeds'} the grader picks, up to "
-          f"{config.steps} steps each (at most about {CLAIM_RUN_SECONDS} s each on one core), stopping once the "
-          f"verdict is decided ...", flush=True)
+    print(
+        f"Re-training your setup ({_describe_change(config, change)}) from scratch on "
+        f"{'the first of the seeds' if len(seeds) == 1 else f'{len(seeds)} seeds'} the grader picks, up to "
+        f"{config.steps} steps each (at most about {CLAIM_RUN_SECONDS} s each on one core), stopping once the "
+        f"verdict is decided ...",
+        flush=True,
+    )
     verdicts, outcomes = [], []
     for seed, data_seed in seeds:
         verdict, outcome, seconds = _rerun(config, seed, data_seed)
@@ -918,14 +1171,22 @@ def my_claim(claim: Any) -> str:
             break
     majority = max(set(verdicts), key=verdicts.count)
     if majority != prediction or verdicts.count(majority) < needed:
-        fail(f"you predicted '{prediction}', but on the grader's seed{'s' if len(verdicts) > 1 else ''} the re-run "
-             f"{'; '.join(outcomes)}.")
-    where = ("on the grader's first seed" if len(seeds) == 1 else
-             f"on {verdicts.count(majority)} of the grader's {len(seeds)} seeds, a majority")
+        fail(
+            f"you predicted '{prediction}', but on the grader's seed{'s' if len(verdicts) > 1 else ''} the re-run "
+            f"{'; '.join(outcomes)}."
+        )
+    where = (
+        "on the grader's first seed"
+        if len(seeds) == 1
+        else f"on {verdicts.count(majority)} of the grader's {len(seeds)} seeds, a majority"
+    )
     return f"'{majority}' {where}, as you predicted (your change: {_describe_change(config, change)})"
 
 
 def _describe_change(config, change: str) -> str:
     """``"train_fraction 0.5 -> 0.7"``: what the claim changes in the chapter's setup."""
-    return ", ".join(f"{name} {getattr(CHAPTER_CONFIG, name)!r} -> {getattr(config, name)!r}"
-                     for name in CHANGE_KINDS[change] if getattr(config, name) != getattr(CHAPTER_CONFIG, name))
+    return ", ".join(
+        f"{name} {getattr(CHAPTER_CONFIG, name)!r} -> {getattr(config, name)!r}"
+        for name in CHANGE_KINDS[change]
+        if getattr(config, name) != getattr(CHAPTER_CONFIG, name)
+    )

@@ -17,32 +17,32 @@ from mechinterp_course import grokking
 
 #: The name each test cell checks -> the number of its exercise in the notebook.
 EXERCISES: dict[str, str] = {
-    'all_pairs': '1.1',
-    'split_indices': '1.2',
-    'loss_at_equals': '1.3',
-    'grok_steps': '2.1',
-    'fourier_basis': '4.1',
-    'frequency_norms': '4.2',
-    'neuron_frequency_fractions': '5.1',
-    'fit_logits': '6.1',
-    'key_frequency_fraction': '7.1',
-    'key_projection': '8.1',
-    'restricted_loss': '8.2',
-    'excluded_loss': '8.3',
-    'frequency_ablation_losses': '8.4',
-    'sum_of_squared_weights': '9.1',
-    'gini': '9.2',
-    'find_phases': '9.3',
-    'my_scores': '12.1',
-    'my_claim': '12.2',
+    "all_pairs": "1.1",
+    "split_indices": "1.2",
+    "loss_at_equals": "1.3",
+    "grok_steps": "2.1",
+    "fourier_basis": "4.1",
+    "frequency_norms": "4.2",
+    "neuron_frequency_fractions": "5.1",
+    "fit_logits": "6.1",
+    "key_frequency_fraction": "7.1",
+    "key_projection": "8.1",
+    "restricted_loss": "8.2",
+    "excluded_loss": "8.3",
+    "frequency_ablation_losses": "8.4",
+    "sum_of_squared_weights": "9.1",
+    "gini": "9.2",
+    "find_phases": "9.3",
+    "my_scores": "12.1",
+    "my_claim": "12.2",
 }
 
 #: Digests of the answers solution cells write out (``checking.answer_key``), never the answers.
 ANSWER_KEYS: dict[str, object] = {
-    'my_scores': {
-        'low_hanging_fruit': '63f09b1da8f61a3e',
-        'excitement': 'a40a2a818f9ea6d5',
-        'difficulty': '428a412a68550414',
+    "my_scores": {
+        "low_hanging_fruit": "63f09b1da8f61a3e",
+        "excitement": "a40a2a818f9ea6d5",
+        "difficulty": "428a412a68550414",
     },
 }
 
@@ -110,6 +110,7 @@ def grok_steps(history: list[dict], threshold: float = grokking.SOLVED_ACCURACY)
 
     Defined in solutions/02_grokking/02_grokking.ipynb, exercise 2.1.
     """
+
     def first(key: str):
         return next((row["step"] for row in history if row[key] >= threshold), None)
 
@@ -157,8 +158,9 @@ def neuron_frequency_fractions(acts: torch.Tensor, p: int) -> tuple[torch.Tensor
     coefficients[0, 0] = 0.0
     total = coefficients.pow(2).sum(dim=(0, 1))
     blocks = [[0, 2 * k - 1, 2 * k] for k in range(1, (p - 1) // 2 + 1)]
-    energy = torch.stack([coefficients[rows][:, rows].pow(2).sum(dim=(0, 1))
-                          for rows in blocks])  # [n_freq, n]
+    energy = torch.stack(
+        [coefficients[rows][:, rows].pow(2).sum(dim=(0, 1)) for rows in blocks]
+    )  # [n_freq, n]
     best, index = energy.max(dim=0)
     return best / total, index + 1
 
@@ -175,8 +177,9 @@ def fit_logits(logits: torch.Tensor, key_freqs: list[int]) -> tuple[torch.Tensor
     a = torch.arange(p, dtype=torch.float64)[:, None, None]
     b = torch.arange(p, dtype=torch.float64)[None, :, None]
     c = torch.arange(n_out, dtype=torch.float64)[None, None, :]
-    features = torch.stack([torch.cos(2 * math.pi * k * (a + b - c) / p) for k in key_freqs],
-                           dim=-1)
+    features = torch.stack(
+        [torch.cos(2 * math.pi * k * (a + b - c) / p) for k in key_freqs], dim=-1
+    )
     X = einops.rearrange(features, "a b c k -> (a b c) k")
     y = einops.rearrange(target, "a b c -> (a b c) 1")
     alpha = torch.linalg.lstsq(X, y).solution
@@ -210,8 +213,9 @@ def key_projection(logits: torch.Tensor, key_freqs: list[int]) -> tuple[torch.Te
     return mean, einops.einsum(directions, coefficients, "d a b, d c -> a b c")
 
 
-def restricted_loss(logits: torch.Tensor, labels: torch.Tensor,
-                    key_freqs: list[int]) -> torch.Tensor:
+def restricted_loss(
+    logits: torch.Tensor, labels: torch.Tensor, key_freqs: list[int]
+) -> torch.Tensor:
     """logits [p, p, n_out], labels [p, p] -> the loss on all pairs of the logits restricted to
     their mean and the key frequencies' cos/sin(w_k (a + b)) parts. Why all pairs: what is kept is
     the generalising algorithm, which should work on pairs the model never trained on.
@@ -223,8 +227,9 @@ def restricted_loss(logits: torch.Tensor, labels: torch.Tensor,
     return torch.nn.functional.cross_entropy(kept, labels.flatten())
 
 
-def excluded_loss(logits: torch.Tensor, labels: torch.Tensor, key_freqs: list[int],
-                  train_mask: torch.Tensor) -> torch.Tensor:
+def excluded_loss(
+    logits: torch.Tensor, labels: torch.Tensor, key_freqs: list[int], train_mask: torch.Tensor
+) -> torch.Tensor:
     """logits [p, p, n_out], labels [p, p], train_mask [p, p] -> the loss on the training pairs of
     the logits without the key frequencies' cos/sin(w_k (a + b)) parts. Why the training pairs: a
     memorising model could answer them without the algorithm; a model that relies on it cannot.
@@ -236,8 +241,9 @@ def excluded_loss(logits: torch.Tensor, labels: torch.Tensor, key_freqs: list[in
     return torch.nn.functional.cross_entropy(excluded[train_mask], labels[train_mask])
 
 
-def frequency_ablation_losses(logits: torch.Tensor, labels: torch.Tensor,
-                              freqs: list[int]) -> torch.Tensor:
+def frequency_ablation_losses(
+    logits: torch.Tensor, labels: torch.Tensor, freqs: list[int]
+) -> torch.Tensor:
     """logits [p, p, n_out], labels [p, p], freqs -> [len(freqs)]: the loss on all pairs after
     removing each frequency's cos/sin(w_k (a + b)) part alone. Why one at a time: it says which
     frequencies the answer needs; the restricted loss only says the key ones together suffice.
@@ -273,8 +279,9 @@ def gini(values: torch.Tensor) -> torch.Tensor:
     return ((2 * i - n - 1) * x).sum() / (n * x.sum())
 
 
-def find_phases(steps: list[int], excluded: list[float], test_loss: list[float],
-                squared_weights: list[float]) -> tuple[int, int, int]:
+def find_phases(
+    steps: list[int], excluded: list[float], test_loss: list[float], squared_weights: list[float]
+) -> tuple[int, int, int]:
     """-> (memorisation_end, cleanup_start, cleanup_end), by the three rules above. Why explicit
     rules: the paper read its boundaries off the curves; rules make ours reproducible.
 
@@ -282,8 +289,11 @@ def find_phases(steps: list[int], excluded: list[float], test_loss: list[float],
     """
     i_mem = min(range(len(steps)), key=lambda i: (excluded[i], i))
     peak = max(test_loss[i_mem:])
-    later = [i for i in range(i_mem + 1, len(steps))
-             if test_loss[i] < grokking.CLEANUP_START_FRACTION * peak]
+    later = [
+        i
+        for i in range(i_mem + 1, len(steps))
+        if test_loss[i] < grokking.CLEANUP_START_FRACTION * peak
+    ]
     i_start = later[0] if later else len(steps) - 1
     w_start, w_min = squared_weights[i_start], min(squared_weights[i_start:])
     bound = w_min + (1 - grokking.CLEANUP_END_FRACTION) * (w_start - w_min)

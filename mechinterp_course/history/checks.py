@@ -78,13 +78,16 @@ def _answers(answers: Any, questions: Mapping[str, str], shape: str) -> dict[str
     missing = [key for key in questions if key not in given]
     extra = [key for key in given if key not in questions]
     if missing or extra:
-        parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
-                ([f"unexpected {', '.join(map(repr, extra))}"] if extra else [])
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unexpected {', '.join(map(repr, extra))}"] if extra else []
+        )
         fail(f"use exactly the keys {', '.join(questions)} ({'; '.join(parts)}).")
     unfilled = [key for key in questions if given[key] is None]
     if unfilled:
-        fail(f"{len(unfilled)} answer{'s' * (len(unfilled) > 1)} {_are(len(unfilled))} still None "
-             f"({', '.join(unfilled)}): fill them in.")
+        fail(
+            f"{len(unfilled)} answer{'s' * (len(unfilled) > 1)} {_are(len(unfilled))} still None "
+            f"({', '.join(unfilled)}): fill them in."
+        )
     return {key: given[key] for key in questions}
 
 
@@ -92,8 +95,9 @@ def _option_name(value: Any) -> str:
     return " ".join(str(value).replace("_", " ").split()).casefold()
 
 
-def _options(given: Mapping[str, Any], options: Sequence[str], what: str,
-             normalise: Callable[[Any], str] = _option_name) -> dict[str, str]:
+def _options(
+    given: Mapping[str, Any], options: Sequence[str], what: str, normalise: Callable[[Any], str] = _option_name
+) -> dict[str, str]:
     """``given`` with every answer replaced by the option it names (case and spacing do not matter); fails on an
     answer that is not an option, naming the question and listing the options."""
     allowed = {normalise(option): option for option in options}
@@ -120,16 +124,22 @@ def people(answers: Any) -> str:
     chosen = _options(given, PEOPLE_QUIZ_OPTIONS, "job")
     roleless = sorted({name for name in chosen.values() if next(p for p in PEOPLE if p.name == name).role is None})
     if roleless:
-        fail(f"you name {', '.join(roleless)}, to whom slide 5 gives no role; every job here is one of the roles the "
-             f"slide does give. Read the roles again, with the group each person is in.")
+        fail(
+            f"you name {', '.join(roleless)}, to whom slide 5 gives no role; every job here is one of the roles the "
+            f"slide does give. Read the roles again, with the group each person is in."
+        )
     twice = sorted({name for name in chosen.values() if list(chosen.values()).count(name) > 1})
     if twice:
-        fail(f"you give {', '.join(twice)} more than one job; here every job is a different person's (two people "
-             f"share 'Core infrastructure', in different groups).")
+        fail(
+            f"you give {', '.join(twice)} more than one job; here every job is a different person's (two people "
+            f"share 'Core infrastructure', in different groups)."
+        )
     wrong = _count_wrong("people", chosen)
     if wrong:
-        fail(f"{wrong} of {len(PEOPLE_QUIZ)} jobs {_are(wrong)} matched to the wrong person. Match each job to a "
-             f"role of slide 5 first, then to the group (Distill or transformer-circuits) the job was done in.")
+        fail(
+            f"{wrong} of {len(PEOPLE_QUIZ)} jobs {_are(wrong)} matched to the wrong person. Match each job to a "
+            f"role of slide 5 first, then to the group (Distill or transformer-circuits) the job was done in."
+        )
     return f"all {len(PEOPLE_QUIZ)} jobs matched to the person slide 5 gives that role"
 
 
@@ -143,17 +153,24 @@ def builds_on(answers: Any) -> str:
     itself = [work for work, earlier in chosen.items() if work == earlier]
     if itself:
         fail(f"{', '.join(itself)} cannot build on itself.")
-    later = [work for work, earlier in chosen.items()
-             if EVENTS[LINEAGE_QUIZ[earlier]].start >= EVENTS[LINEAGE_QUIZ[work]].start]
+    later = [
+        work
+        for work, earlier in chosen.items()
+        if EVENTS[LINEAGE_QUIZ[earlier]].start >= EVENTS[LINEAGE_QUIZ[work]].start
+    ]
     if later:
-        fail(f"{len(later)} of your answers ({', '.join(later)}) name{'s' * (len(later) == 1)} a work that is not "
-             f"earlier than the work built on it; a work can only build on an earlier one (the timeline has the "
-             f"dates).")
+        fail(
+            f"{len(later)} of your answers ({', '.join(later)}) name{'s' * (len(later) == 1)} a work that is not "
+            f"earlier than the work built on it; a work can only build on an earlier one (the timeline has the "
+            f"dates)."
+        )
     wrong = _count_wrong("builds_on", chosen)
     if wrong:
-        fail(f"{wrong} of {len(questions)} works {_are(wrong)} linked to the wrong predecessor. For each, ask which "
-             f"earlier work made the tool it uses or posed the problem it answers (the timeline's summaries say what "
-             f"each did).")
+        fail(
+            f"{wrong} of {len(questions)} works {_are(wrong)} linked to the wrong predecessor. For each, ask which "
+            f"earlier work made the tool it uses or posed the problem it answers (the timeline's summaries say what "
+            f"each did)."
+        )
     return f"all {len(questions)} works linked to the earlier work they build on"
 
 
@@ -164,9 +181,11 @@ def when_in_training(answers: Any) -> str:
     chosen = _options(given, WHEN_OPTIONS, "work", normalise=lambda v: _option_name(v).replace(" ", "-"))
     wrong = _count_wrong("when_in_training", chosen)
     if wrong:
-        fail(f"{wrong} of {len(WHEN_QUIZ)} works {'has' if wrong == 1 else 'have'} the wrong class. Ask of each "
-             f"work: does it choose how a model is built or trained so that it is easier to read, study how "
-             f"something forms during training, or analyse a model that is already trained?")
+        fail(
+            f"{wrong} of {len(WHEN_QUIZ)} works {'has' if wrong == 1 else 'have'} the wrong class. Ask of each "
+            f"work: does it choose how a model is built or trained so that it is easier to read, study how "
+            f"something forms during training, or analyse a model that is already trained?"
+        )
     return f"all {len(WHEN_QUIZ)} works placed on slide 8's second axis"
 
 
@@ -174,8 +193,11 @@ def when_in_training(answers: Any) -> str:
 def placement(corners: Any, placement: Any) -> str:
     """The student's own placement of slide 9's works (the deck's text gives no positions, so there is no key):
     three distinct corner labels, and for every work three non-negative weights with a positive sum."""
-    if not (isinstance(corners, (list, tuple)) and len(corners) == 3
-            and all(isinstance(c, str) and c.strip() for c in corners)):
+    if not (
+        isinstance(corners, (list, tuple))
+        and len(corners) == 3
+        and all(isinstance(c, str) and c.strip() for c in corners)
+    ):
         fail("corners should be three non-empty strings.")
     if len({c.strip().casefold() for c in corners}) != 3:
         fail("the three corners should be different.")
@@ -184,8 +206,10 @@ def placement(corners: Any, placement: Any) -> str:
     missing = [work for work in TERNARY_PAPERS if work not in placement]
     extra = [work for work in placement if work not in TERNARY_PAPERS]
     if missing or extra:
-        fail(f"placement needs exactly the {len(TERNARY_PAPERS)} works of slide 9 as keys ({len(missing)} missing, "
-             f"e.g. {missing[:1]}; {len(extra)} unexpected, e.g. {extra[:1]}).")
+        fail(
+            f"placement needs exactly the {len(TERNARY_PAPERS)} works of slide 9 as keys ({len(missing)} missing, "
+            f"e.g. {missing[:1]}; {len(extra)} unexpected, e.g. {extra[:1]})."
+        )
     points = []
     for work, weights in placement.items():
         try:
@@ -198,8 +222,7 @@ def placement(corners: Any, placement: Any) -> str:
     if len(set(points)) == 1:
         fail(f"all {len(points)} works sit at the same position: place each where you think it belongs.")
     if len(set(points)) < 4:
-        fail(f"only {len(set(points))} distinct positions for {len(points)} works: spread them out where they "
-             f"differ.")
+        fail(f"only {len(set(points))} distinct positions for {len(points)} works: spread them out where they differ.")
     return f"{len(points)} works placed at {len(set(points))} distinct positions (graded by hand from here)"
 
 
@@ -211,9 +234,11 @@ def projects(answers: Any) -> str:
     chosen = _options(given, list(STATUS), "project")
     wrong = _count_wrong("projects", chosen)
     if wrong:
-        fail(f"{wrong} of {len(PROJECTS_QUIZ)} projects {_are(wrong)} under the wrong item. The deck's one-line "
-             f"summaries of the areas (the table above) tell the two kinds of composition apart; ask of each project "
-             f"what it would explain.")
+        fail(
+            f"{wrong} of {len(PROJECTS_QUIZ)} projects {_are(wrong)} under the wrong item. The deck's one-line "
+            f"summaries of the areas (the table above) tell the two kinds of composition apart; ask of each project "
+            f"what it would explain."
+        )
     return f"all {len(PROJECTS_QUIZ)} projects under their item of slide 17"
 
 
@@ -227,8 +252,10 @@ def successes(answers: Any) -> str:
         fail(f"you give claim {', '.join(twice)} to more than one work; slide 80 gives one example per claim.")
     wrong = _count_wrong("successes", chosen)
     if wrong:
-        fail(f"{wrong} of {len(SUCCESS_WORKS)} works {_are(wrong)} matched to the wrong claim. Ask what each work "
-             f"produced: a program, weights, a formula or a proof.")
+        fail(
+            f"{wrong} of {len(SUCCESS_WORKS)} works {_are(wrong)} matched to the wrong claim. Ask what each work "
+            f"produced: a program, weights, a formula or a proof."
+        )
     return f"all {len(SUCCESS_WORKS)} works matched to the claim slide 80 gives them"
 
 
@@ -237,8 +264,7 @@ def successes(answers: Any) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def random_cnn(channels: tuple[int, int], hidden: int, image_size: int, seed: int,
-                n_classes: int = 10) -> DigitsCNN:
+def random_cnn(channels: tuple[int, int], hidden: int, image_size: int, seed: int, n_classes: int = 10) -> DigitsCNN:
     """A random CNN with He-initialised weights and small random biases (so that units are alive and gradients are
     informative), frozen like the notebook's trained CNN, in eval mode."""
     model = DigitsCNN(channels, hidden, n_classes, image_size, seed=seed).eval()
@@ -274,8 +300,13 @@ def _tv_case(kind: str) -> tuple[Tensor, str]:
 def total_variation(fn: Callable) -> str:
     """``fn(x [batch, C, H, W]) -> [batch]``: the summed squared differences between neighbouring pixels."""
     constant = torch.full((2, 1, 6, 6), 0.7)
-    compare(call(fn, constant.clone()), torch.zeros(2), "the total variation", context="of two constant images "
-            "(no neighbours differ, so 0 for each; one value per image)", index=["image "])
+    compare(
+        call(fn, constant.clone()),
+        torch.zeros(2),
+        "the total variation",
+        context="of two constant images (no neighbours differ, so 0 for each; one value per image)",
+        index=["image "],
+    )
     for kind in ("rows", "cols", "spike", "channels"):
         x, what = _tv_case(kind)
         value, expected = as_tensor(call(fn, x.clone()), "the total variation"), reference.total_variation(x)
@@ -290,11 +321,20 @@ def total_variation(fn: Callable) -> str:
         before = x.clone()
         actual = call(fn, x)
         unchanged(before, x, "x")
-        compare(actual, reference.total_variation(x), "the total variation", context=f"(random x of shape {shape})",
-                index=["image "])
-        compare(call(fn, x + 3.0), reference.total_variation(x), "the total variation of x + 3",
-                context="(adding a constant to every pixel changes no difference between neighbours)",
-                index=["image "])
+        compare(
+            actual,
+            reference.total_variation(x),
+            "the total variation",
+            context=f"(random x of shape {shape})",
+            index=["image "],
+        )
+        compare(
+            call(fn, x + 3.0),
+            reference.total_variation(x),
+            "the total variation of x + 3",
+            context="(adding a constant to every pixel changes no difference between neighbours)",
+            index=["image "],
+        )
     return "constant, striped and single-pixel images; 3 random shapes; unchanged by adding a constant"
 
 
@@ -326,16 +366,22 @@ def _diagnose_first_step(moved: Tensor, expected: Tensor, lr: float) -> None:
     if torch.allclose(moved, expected, atol=1e-4):
         return
     if not moved.abs().gt(1e-8).any():
-        fail("after one step the images have not changed: step the optimiser on the copy of x0 that requires grad, "
-             "and return that copy.")
+        fail(
+            "after one step the images have not changed: step the optimiser on the copy of x0 that requires grad, "
+            "and return that copy."
+        )
     if torch.allclose(moved, -expected, atol=1e-4):
-        fail("after one step the pixels moved by lr *down* the gradient, lowering the unit: Adam minimises, so "
-             "minimise the negative of the objective.")
+        fail(
+            "after one step the pixels moved by lr *down* the gradient, lowering the unit: Adam minimises, so "
+            "minimise the negative of the objective."
+        )
     active = expected.abs() > lr / 2
     size = float(moved[active].abs().mean()) if active.any() else 0.0
     if abs(size - lr) > lr / 2:
-        fail(f"after one step the pixels moved by {size:.3g} on average, where Adam's first step moves each pixel by "
-             f"about lr={lr:g} whatever the size of its gradient: use torch.optim.Adam([x], lr=lr).")
+        fail(
+            f"after one step the pixels moved by {size:.3g} on average, where Adam's first step moves each pixel by "
+            f"about lr={lr:g} whatever the size of its gradient: use torch.optim.Adam([x], lr=lr)."
+        )
 
 
 @check("visualise")
@@ -354,17 +400,29 @@ def _check_visualise(fn: Callable) -> str:
     plain = dict(lr=0.1, l2=0.0, tv=0.0, jitter=0, seed=0)
 
     # 1. Known answers: no steps leave x0 as it is; one and two Adam steps go uphill by about lr per pixel.
-    compare(_visualise_once(fn, unit, x0, dict(plain, steps=0)), x0, "the result", context="with steps=0 (it "
-            "should be a copy of x0)", index=IMAGE_INDEX)
-    for steps, why in [(1, "one Adam step moves each pixel by about lr, in the direction that raises the unit"),
-                       (2, "each step uses that step's gradient alone")]:
+    compare(
+        _visualise_once(fn, unit, x0, dict(plain, steps=0)),
+        x0,
+        "the result",
+        context="with steps=0 (it should be a copy of x0)",
+        index=IMAGE_INDEX,
+    )
+    for steps, why in [
+        (1, "one Adam step moves each pixel by about lr, in the direction that raises the unit"),
+        (2, "each step uses that step's gradient alone"),
+    ]:
         expected = reference.visualise(unit, x0, **dict(plain, steps=steps))
         actual = _visualise_once(fn, unit, x0, dict(plain, steps=steps))
         if steps == 1:
             _diagnose_first_step(actual - x0, expected - x0, plain["lr"])
-        compare(actual, expected, "the images", atol=1e-4, index=IMAGE_INDEX,
-                context=f"after {steps} step{'s' * (steps > 1)} with lr={plain['lr']}, no penalties and no jitter "
-                        f"({why})")
+        compare(
+            actual,
+            expected,
+            "the images",
+            atol=1e-4,
+            index=IMAGE_INDEX,
+            context=f"after {steps} step{'s' * (steps > 1)} with lr={plain['lr']}, no penalties and no jitter ({why})",
+        )
 
     # 2. Ascent, far above random images of the same size.
     plain["steps"] = 40
@@ -373,22 +431,32 @@ def _check_visualise(fn: Callable) -> str:
         start, reached = unit(x0), unit(result)
         randoms = torch.stack([unit(r) for r in same_norm_random(result, 128, generator)])
     if not (reached > start).all():
-        fail("the optimised images lower the target activation: the Adam step must *increase* the objective "
-             "(minimise its negative).")
+        fail(
+            "the optimised images lower the target activation: the Adam step must *increase* the objective "
+            "(minimise its negative)."
+        )
     if not (reached > randoms.max(0).values).all():
-        fail("the optimised images do not reach a higher activation than random images of the same norm: the "
-             "optimisation is not following the gradient of the target unit.")
+        fail(
+            "the optimised images do not reach a higher activation than random images of the same norm: the "
+            "optimisation is not following the gradient of the target unit."
+        )
 
     # 3. Each penalty shrinks what it penalises.
     for name, settings, measure, label in [
         ("l2", dict(plain, l2=0.5), lambda x: x.flatten(1).norm(dim=1), "the images' L2 norm"),
-        ("tv", dict(plain, tv=2.0), lambda x: reference.total_variation(x) / x.flatten(1).pow(2).sum(1),
-         "the images' total variation (relative to their squared norm)"),
+        (
+            "tv",
+            dict(plain, tv=2.0),
+            lambda x: reference.total_variation(x) / x.flatten(1).pow(2).sum(1),
+            "the images' total variation (relative to their squared norm)",
+        ),
     ]:
         penalised = _visualise_once(fn, unit, x0, settings)
         if not (measure(penalised) < 0.5 * measure(result)).all():
-            fail(f"with {name}={settings[name]} {label} should be much smaller than with {name}=0; it is not (check "
-                 f"the sign and the weight of the {name} penalty).")
+            fail(
+                f"with {name}={settings[name]} {label} should be much smaller than with {name}=0; it is not (check "
+                f"the sign and the weight of the {name} penalty)."
+            )
 
     # 4. Jitter, on a unit that reads one pixel: it must spread over every shift in [-jitter, jitter], no further.
     size, centre, shift = 11, 5, 2
@@ -400,14 +468,18 @@ def _check_visualise(fn: Callable) -> str:
         fail("with jitter=0 a unit that reads one pixel should change only that pixel.")
     moved = _visualise_once(fn, pixel, blank, dict(steps=100, lr=0.1, l2=0.05, tv=0.0, jitter=shift, seed=3))
     mass = moved[0, 0].pow(2)
-    window = mass[centre - shift:centre + shift + 1, centre - shift:centre + shift + 1]
+    window = mass[centre - shift : centre + shift + 1, centre - shift : centre + shift + 1]
     if mass.sum() <= 0 or window.sum() < (1 - 1e-6) * mass.sum():
-        fail(f"with jitter={shift} a one-pixel unit should only change pixels at most {shift} away from it (draw the "
-             f"shifts from [-jitter, jitter] and roll the image the unit sees).")
+        fail(
+            f"with jitter={shift} a one-pixel unit should only change pixels at most {shift} away from it (draw the "
+            f"shifts from [-jitter, jitter] and roll the image the unit sees)."
+        )
     edges = [window[0].sum(), window[-1].sum(), window[:, 0].sum(), window[:, -1].sum()]
     if mass[centre, centre] > 0.5 * mass.sum() or min(edges) <= 0:
-        fail(f"with jitter={shift} a one-pixel unit should be spread over every shift from -{shift} to {shift} in "
-             f"both directions (the unit must see the rolled image; torch.randint's upper bound is exclusive).")
+        fail(
+            f"with jitter={shift} a one-pixel unit should be spread over every shift from -{shift} to {shift} in "
+            f"both directions (the unit must see the rolled image; torch.randint's upper bound is exclusive)."
+        )
 
     # 5. The reference, on fresh random CNNs, units and settings.
     cases = [
@@ -423,10 +495,19 @@ def _check_visualise(fn: Callable) -> str:
         settings = dict(settings, seed=trial.randint(0, 1000)) if is_hidden() else settings
         expected = reference.visualise(units, x0, **settings)
         actual = _visualise_once(fn, units, x0, settings)
-        compare(actual, expected, "the optimised images", atol=1e-3, rtol=1e-3, index=IMAGE_INDEX,
-                context=f"(a random CNN, units in {layer!r}, images {tuple(x0.shape)}, {settings})")
-    return ("steps 0-2 exact; ascends far above random inputs; L2, TV and jitter behave as specified; matches the "
-            "reference on 3 random CNNs")
+        compare(
+            actual,
+            expected,
+            "the optimised images",
+            atol=1e-3,
+            rtol=1e-3,
+            index=IMAGE_INDEX,
+            context=f"(a random CNN, units in {layer!r}, images {tuple(x0.shape)}, {settings})",
+        )
+    return (
+        "steps 0-2 exact; ascends far above random inputs; L2, TV and jitter behave as specified; matches the "
+        "reference on 3 random CNNs"
+    )
 
 
 #: The known case of the top-examples check: a one-pixel unit on images whose pixel values are these.
@@ -445,13 +526,20 @@ def _check_top_once(fn: Callable, activation_fn: Callable, images: Tensor, k: in
         fail(f"values and indices should both be tensors ({label}).")
     values, indices = values.detach(), indices.detach()
     if tuple(indices.shape) != (k,) or tuple(values.shape) != (k,):
-        fail(f"values and indices should both have shape ({k},); got {tuple(values.shape)} and "
-             f"{tuple(indices.shape)} ({label}).")
+        fail(
+            f"values and indices should both have shape ({k},); got {tuple(values.shape)} and "
+            f"{tuple(indices.shape)} ({label})."
+        )
     if indices.is_floating_point() or indices.min() < 0 or indices.max() >= len(images):
         fail(f"indices should be integer positions in images, from 0 to {len(images) - 1} ({label}).")
     indices = indices.long()
-    compare(values, activations[indices], "the values", index=["rank "],
-            context=f"(they must be the activations of the images you return, in the same order; {label})")
+    compare(
+        values,
+        activations[indices],
+        "the values",
+        index=["rank "],
+        context=f"(they must be the activations of the images you return, in the same order; {label})",
+    )
     if (values[1:] > values[:-1] + 1e-6).any():
         fail(f"the values are not in descending order: the largest activation comes first ({label}).")
     outside = torch.ones(len(images), dtype=torch.bool)
@@ -461,8 +549,10 @@ def _check_top_once(fn: Callable, activation_fn: Callable, images: Tensor, k: in
         fail(f"image {better}, which you left out, activates the unit more than one you returned ({label}).")
     expected_values, expected_indices = reference.top_activating_examples(activation_fn, images, k)
     if not torch.equal(indices, expected_indices):
-        fail(f"{int((indices != expected_indices).sum())} of {k} ranks hold another image than they should: equal "
-             f"activations go to the lower index first ({label}).")
+        fail(
+            f"{int((indices != expected_indices).sum())} of {k} ranks hold another image than they should: equal "
+            f"activations go to the lower index first ({label})."
+        )
     compare(values, expected_values, "the values", index=["rank "], context=f"({label})")
 
 
@@ -471,8 +561,14 @@ def top_activating_examples(fn: Callable) -> str:
     """``fn(activation_fn, images, k) -> (values [k], indices [k])``: largest first, ties to the lower index."""
     known = torch.zeros(len(TOP_KNOWN_VALUES), 1, 2, 2)
     known[:, 0, 0, 0] = torch.tensor(TOP_KNOWN_VALUES)
-    _check_top_once(fn, Pixel(0, 0), known, TOP_KNOWN_K, f"a unit whose values on {len(TOP_KNOWN_VALUES)} images "
-                    f"are {', '.join(f'{v:g}' for v in TOP_KNOWN_VALUES)}, k={TOP_KNOWN_K}")
+    _check_top_once(
+        fn,
+        Pixel(0, 0),
+        known,
+        TOP_KNOWN_K,
+        f"a unit whose values on {len(TOP_KNOWN_VALUES)} images "
+        f"are {', '.join(f'{v:g}' for v in TOP_KNOWN_VALUES)}, k={TOP_KNOWN_K}",
+    )
     cases = [(((4, 6), 12, 6), "logits", 60, 5), (((6, 8), 16, 8), "conv2", 200, 10), (((3, 5), 10, 10), "fc", 37, 1)]
     with _one_thread():
         for trial, ((channels, hidden, size), layer, n, k) in zip(trials(len(cases) + 1), cases):
@@ -480,18 +576,29 @@ def top_activating_examples(fn: Callable) -> str:
             n_units = {"logits": 10, "fc": hidden, "conv2": channels[1]}[layer]
             unit = trial.randint(0, n_units - 1)
             images = torch.randn(n, 1, size, size, generator=trial.generator)
-            _check_top_once(fn, UnitActivation(model, layer, unit), images, k,
-                            f"a random CNN, unit {unit} of {layer!r}, {n} images, k={k}")
+            _check_top_once(
+                fn,
+                UnitActivation(model, layer, unit),
+                images,
+                k,
+                f"a random CNN, unit {unit} of {layer!r}, {n} images, k={k}",
+            )
         # A ReLU unit that fires on 3 images only: with k=8, five images tie at 0 and the lower indices must win.
         [*_, trial] = trials(len(cases) + 1)
         model = random_cnn((4, 6), 12, 8, seed=trial.seed % 100_000)
         images = torch.randn(80, 1, 8, 8, generator=trial.generator)
         with torch.no_grad():
-            pre = F.linear(F.max_pool2d(model.run_with_cache(images)[1]["conv2"], 2).flatten(1), model.fc.weight,
-                           model.fc.bias)[:, 0]
+            pre = F.linear(
+                F.max_pool2d(model.run_with_cache(images)[1]["conv2"], 2).flatten(1), model.fc.weight, model.fc.bias
+            )[:, 0]
             model.fc.bias[0] -= pre.sort(descending=True).values[3]
-        _check_top_once(fn, UnitActivation(model, "fc", 0), images, 8,
-                        "a ReLU neuron that fires on 3 of 80 images, k=8, so 5 of the chosen tie at 0")
+        _check_top_once(
+            fn,
+            UnitActivation(model, "fc", 0),
+            images,
+            8,
+            "a ReLU neuron that fires on 3 of 80 images, k=8, so 5 of the chosen tie at 0",
+        )
     return "a known case with ties; 3 random CNNs and units; a ReLU neuron whose zeros tie"
 
 
@@ -514,8 +621,9 @@ def _summed_loss_gradient(model: DigitsCNN, x: Tensor, y: Tensor) -> Tensor:
     return torch.cat([grad_weight.flatten(), grad_bias])
 
 
-def _scores_once(fn: Callable, model: DigitsCNN, test_x: Tensor, test_y: Tensor, train_x: Tensor, train_y: Tensor,
-                 label: str) -> Tensor:
+def _scores_once(
+    fn: Callable, model: DigitsCNN, test_x: Tensor, test_y: Tensor, train_x: Tensor, train_y: Tensor, label: str
+) -> Tensor:
     """Call ``fn`` and check what any answer must satisfy: inputs and model untouched, a finite float tensor of shape
     ``[n_test, n_train]``."""
     inputs = {"test_x": test_x, "test_y": test_y, "train_x": train_x, "train_y": train_y}
@@ -531,8 +639,10 @@ def _scores_once(fn: Callable, model: DigitsCNN, test_x: Tensor, test_y: Tensor,
     result = result.detach()
     expected_shape = (len(test_x), len(train_x))
     if tuple(result.shape) != expected_shape:
-        fail(f"the scores have shape {tuple(result.shape)}; they should be [n_test, n_train] = "
-             f"{list(expected_shape)} ({label}).")
+        fail(
+            f"the scores have shape {tuple(result.shape)}; they should be [n_test, n_train] = "
+            f"{list(expected_shape)} ({label})."
+        )
     if not result.is_floating_point():
         fail(f"the scores have dtype {result.dtype}; a floating-point tensor is expected.")
     if not torch.isfinite(result).all():
@@ -565,8 +675,12 @@ def tracin_scores(fn: Callable) -> str:
 
 
 def _check_tracin(fn: Callable) -> str:
-    cases = [((6, 8), 16, 8, 10, 4, 30), ((4, 6), 12, 6, 10, 5, 40), ((8, 16), 32, 8, 10, 3, 70),
-             ((3, 5), 10, 10, 4, 7, 25)]
+    cases = [
+        ((6, 8), 16, 8, 10, 4, 30),
+        ((4, 6), 12, 6, 10, 5, 40),
+        ((8, 16), 32, 8, 10, 3, 70),
+        ((3, 5), 10, 10, 4, 7, 25),
+    ]
     draws = list(trials(len(cases)))
     model, test_x, test_y, train_x, train_y = _attribution_case(draws[0], *cases[0])
     label = "a random CNN, 4 test and 30 training images"
@@ -574,46 +688,92 @@ def _check_tracin(fn: Callable) -> str:
     train_total = _summed_loss_gradient(model, train_x, train_y).double()
     test_total = _summed_loss_gradient(model, test_x, test_y).double()
     scale = float(scores.abs().max()) or 1.0
-    row_sums = torch.stack([_summed_loss_gradient(model, test_x[i:i + 1], test_y[i:i + 1]).double() @ train_total
-                            for i in range(len(test_x))])
-    compare(scores.sum(1), row_sums, "the sums of your rows", atol=1e-5 * scale, index=["test example "],
-            context="(each should be test example i's own loss gradient dotted with the gradient of the summed "
-                    "training loss: use each example's own loss and label, and the final layer's weight *and* bias)")
-    column_sums = torch.stack([test_total @ _summed_loss_gradient(model, train_x[j:j + 1], train_y[j:j + 1]).double()
-                               for j in range(len(train_x))])
-    compare(scores.sum(0), column_sums, "the sums of your columns", atol=1e-5 * scale, index=["training example "],
-            context="(each should be the gradient of the summed test loss dotted with training example j's own "
-                    "loss gradient)")
+    row_sums = torch.stack(
+        [
+            _summed_loss_gradient(model, test_x[i : i + 1], test_y[i : i + 1]).double() @ train_total
+            for i in range(len(test_x))
+        ]
+    )
+    compare(
+        scores.sum(1),
+        row_sums,
+        "the sums of your rows",
+        atol=1e-5 * scale,
+        index=["test example "],
+        context="(each should be test example i's own loss gradient dotted with the gradient of the summed "
+        "training loss: use each example's own loss and label, and the final layer's weight *and* bias)",
+    )
+    column_sums = torch.stack(
+        [
+            test_total @ _summed_loss_gradient(model, train_x[j : j + 1], train_y[j : j + 1]).double()
+            for j in range(len(train_x))
+        ]
+    )
+    compare(
+        scores.sum(0),
+        column_sums,
+        "the sums of your columns",
+        atol=1e-5 * scale,
+        index=["training example "],
+        context="(each should be the gradient of the summed test loss dotted with training example j's own "
+        "loss gradient)",
+    )
 
     swapped = _scores_once(fn, model, train_x, train_y, test_x, test_y, "test and training sets swapped")
-    compare(swapped.T, scores, "the scores with the two sets swapped, transposed", atol=1e-5 * scale,
-            index=["test example ", "training example "], context="(a dot product of two gradients is symmetric)")
+    compare(
+        swapped.T,
+        scores,
+        "the scores with the two sets swapped, transposed",
+        atol=1e-5 * scale,
+        index=["test example ", "training example "],
+        context="(a dot product of two gradients is symmetric)",
+    )
     own = _scores_once(fn, model, test_x, test_y, test_x, test_y, "the test set scored against itself")
     if (own.diagonal() < -1e-6 * scale).any():
         negative = int(torch.nonzero(own.diagonal() < -1e-6 * scale)[0])
-        fail(f"test example {negative}'s score with itself is negative: it is a gradient's squared norm, so both "
-             f"gradients must be of the loss (not one of the loss and one of its negative).")
+        fail(
+            f"test example {negative}'s score with itself is negative: it is a gradient's squared norm, so both "
+            f"gradients must be of the loss (not one of the loss and one of its negative)."
+        )
     permutation = torch.randperm(len(train_x), generator=draws[0].generator)
-    permuted = _scores_once(fn, model, test_x, test_y, train_x[permutation], train_y[permutation],
-                            "the training set permuted")
-    compare(permuted, scores[:, permutation], "the scores of a permuted training set", atol=1e-5 * scale,
-            index=["test example ", "training example "], context="(column j must depend on training example j alone)")
+    permuted = _scores_once(
+        fn, model, test_x, test_y, train_x[permutation], train_y[permutation], "the training set permuted"
+    )
+    compare(
+        permuted,
+        scores[:, permutation],
+        "the scores of a permuted training set",
+        atol=1e-5 * scale,
+        index=["test example ", "training example "],
+        context="(column j must depend on training example j alone)",
+    )
 
     for trial, case in zip(draws[1:], cases[1:]):
         channels, hidden, image_size, n_classes, n_test, n_train = case
         if is_hidden():
             n_test, n_train = trial.randint(2, 8), trial.randint(10, 60)
         model, *inputs = _attribution_case(trial, channels, hidden, image_size, n_classes, n_test, n_train)
-        label = (f"a random CNN with hidden size {hidden} and {n_classes} classes, {n_test} test and {n_train} "
-                 f"training images of {image_size}x{image_size}")
+        label = (
+            f"a random CNN with hidden size {hidden} and {n_classes} classes, {n_test} test and {n_train} "
+            f"training images of {image_size}x{image_size}"
+        )
         actual = _scores_once(fn, model, *inputs, label)
         test_x, test_y, train_x, train_y = inputs
-        expected = reference.tracin_scores(copy.deepcopy(model).double(), test_x.double(), test_y, train_x.double(),
-                                           train_y)
-        compare(actual, expected, "the scores", atol=1e-5 * (float(expected.abs().max()) or 1.0),
-                index=["test example ", "training example "], context=f"({label})")
-    return ("row and column sums match autograd, symmetric, non-negative self-scores, permutation-equivariant, and "
-            "equal to the reference on 3 random CNNs")
+        expected = reference.tracin_scores(
+            copy.deepcopy(model).double(), test_x.double(), test_y, train_x.double(), train_y
+        )
+        compare(
+            actual,
+            expected,
+            "the scores",
+            atol=1e-5 * (float(expected.abs().max()) or 1.0),
+            index=["test example ", "training example "],
+            context=f"({label})",
+        )
+    return (
+        "row and column sums match autograd, symmetric, non-negative self-scores, permutation-equivariant, and "
+        "equal to the reference on 3 random CNNs"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -661,8 +821,10 @@ def _pick_once(fn: Callable, mine: dict, deck: dict, weight: float, label: str) 
     missing = [area for area in mine if area not in values]
     extra = [area for area in values if area not in mine]
     if missing or extra:
-        fail(f"values should have one entry per area you scored ({label}): missing {missing}, unexpected {extra}"
-             f"{' (areas only the deck scores are left out)' if any(area in deck for area in extra) else ''}.")
+        fail(
+            f"values should have one entry per area you scored ({label}): missing {missing}, unexpected {extra}"
+            f"{' (areas only the deck scores are left out)' if any(area in deck for area in extra) else ''}."
+        )
     try:
         actual = torch.tensor([float(values[area]) for area in mine], dtype=torch.float64)
     except (TypeError, ValueError):
@@ -683,25 +845,45 @@ def pick_area(fn: Callable) -> str:
     argmax and its two tie rules."""
     # 1. Known answers, one rule at a time.
     mine = {"grokking": _row(6, 4, 3)}
-    _pick_once(fn, mine, {}, 0.5, "one area the deck does not score: its value is yours alone, low-hanging fruit + "
-               "excitement - difficulty")
-    _pick_once(fn, mine, {"grokking": _row(2, 8, 5)}, 0.5, "one area, both scores given: each key is the weighted "
-               "mean of yours and the deck's")
+    _pick_once(
+        fn,
+        mine,
+        {},
+        0.5,
+        "one area the deck does not score: its value is yours alone, low-hanging fruit + excitement - difficulty",
+    )
+    _pick_once(
+        fn,
+        mine,
+        {"grokking": _row(2, 8, 5)},
+        0.5,
+        "one area, both scores given: each key is the weighted mean of yours and the deck's",
+    )
     for weight, whose in [(1.0, "yours alone"), (0.0, "the deck's alone")]:
         _pick_once(fn, mine, {"grokking": _row(2, 8, 5)}, weight, f"weight_mine={weight:g}: {whose}")
-    _pick_once(fn, mine, {"grokking": _row(2, None, 5)}, 0.5, "the deck gives no excitement (None): that key is yours "
-               "alone")
-    _pick_once(fn, {"saes": _row(3, 3, 3), "backup": _row(5, 5, 1)}, {"circuits": _row(2, 2, 4), "saes": _row(9, 9, 9)},
-               0.5, "the deck also scores an area you did not (ignore it) and not one you did")
+    _pick_once(
+        fn, mine, {"grokking": _row(2, None, 5)}, 0.5, "the deck gives no excitement (None): that key is yours alone"
+    )
+    _pick_once(
+        fn,
+        {"saes": _row(3, 3, 3), "backup": _row(5, 5, 1)},
+        {"circuits": _row(2, 2, 4), "saes": _row(9, 9, 9)},
+        0.5,
+        "the deck also scores an area you did not (ignore it) and not one you did",
+    )
     best, _ = _pick_once(fn, {"grokking": _row(6, 2, 3), "saes": _row(3, 5, 3)}, {}, 0.5, "two areas tied on value")
     if best != "saes":
-        fail(f"two areas tie on value (5 each) and 'saes' has the larger excitement, but you pick {best!r}: a tie "
-             f"(values within {TIE_TOLERANCE:g}) goes to the larger combined excitement.")
+        fail(
+            f"two areas tie on value (5 each) and 'saes' has the larger excitement, but you pick {best!r}: a tie "
+            f"(values within {TIE_TOLERANCE:g}) goes to the larger combined excitement."
+        )
     tied = {"modularity": _row(4, 4, 2), "backup": _row(4, 4, 2), "circuits": _row(1, 1, 9)}
     best, _ = _pick_once(fn, tied, {}, 0.5, "two areas tied on value and excitement")
     if best != "modularity":
-        fail(f"'modularity' and 'backup' tie on value and on excitement, but you pick {best!r}: then the area listed "
-             f"first in my_scores wins.")
+        fail(
+            f"'modularity' and 'backup' tie on value and on excitement, but you pick {best!r}: then the area listed "
+            f"first in my_scores wins."
+        )
     # 2. Fresh random tables of several sizes and weights.
     pool = list(research.AREAS) + ["probing", "steering"]
     sizes = [(2, 0.5), (4, 0.25), (7, 1.0), (5, 0.0), (6, 0.75)]
@@ -710,6 +892,7 @@ def pick_area(fn: Callable) -> str:
             n_areas, weight = trial.randint(1, len(pool)), trial.randint(0, 4) / 4
         generator = trial.generator
         names = [pool[i] for i in torch.randperm(len(pool), generator=generator)[:n_areas].tolist()]
+
         def draw(trial=trial) -> int:  # a score, from the trial's generator
             return trial.randint(research.MIN_SCORE, research.MAX_SCORE)
 
@@ -724,7 +907,10 @@ def pick_area(fn: Callable) -> str:
         expected_best, _ = reference.pick_area(mine, deck, weight)
         if best != expected_best:
             top = max(float(v) for v in values.values())
-            why = "it does not have the largest value" if float(values[best]) < top - TIE_TOLERANCE else \
-                "the tie rules decide between areas with equal values"
+            why = (
+                "it does not have the largest value"
+                if float(values[best]) < top - TIE_TOLERANCE
+                else "the tie rules decide between areas with equal values"
+            )
             fail(f"your pick {best!r} is not the best area ({label}): {why}.")
     return f"each rule on its own, both tie rules, and {len(sizes)} random score tables"

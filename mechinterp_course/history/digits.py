@@ -69,8 +69,7 @@ def load_digits_data(split_seed: int = DIGITS_SPLIT_SEED, n_train: int = DIGITS_
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(split_seed))
     train, test = order[:n_train], order[n_train:]
     mean, std = float(images[train].mean()), float(images[train].std())
-    return DigitsData((images[train] - mean) / std, labels[train], (images[test] - mean) / std, labels[test], mean,
-                      std)
+    return DigitsData((images[train] - mean) / std, labels[train], (images[test] - mean) / std, labels[test], mean, std)
 
 
 class DigitsCNN(nn.Module):
@@ -81,8 +80,14 @@ class DigitsCNN(nn.Module):
 
     LAYERS = ("conv1", "conv2", "fc", "logits")
 
-    def __init__(self, channels: tuple[int, int] = (8, 16), hidden: int = 32, n_classes: int = DIGITS_N_CLASSES,
-                 image_size: int = DIGITS_IMAGE_SIZE, seed: int = 0):
+    def __init__(
+        self,
+        channels: tuple[int, int] = (8, 16),
+        hidden: int = 32,
+        n_classes: int = DIGITS_N_CLASSES,
+        image_size: int = DIGITS_IMAGE_SIZE,
+        seed: int = 0,
+    ):
         super().__init__()
         self.config = dict(channels=tuple(channels), hidden=hidden, n_classes=n_classes, image_size=image_size)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation that leaves the global generator alone
@@ -132,12 +137,15 @@ TRAINING_THREADS = 1
 def digits_metrics(model: DigitsCNN, data: DigitsData) -> dict[str, float]:
     """Accuracy on the training and the test images (what the training log records once per epoch)."""
     with torch.no_grad():
-        return {f"{split}_accuracy": float((model(x).argmax(-1) == y).float().mean())
-                for split, x, y in [("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)]}
+        return {
+            f"{split}_accuracy": float((model(x).argmax(-1) == y).float().mean())
+            for split, x, y in [("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)]
+        }
 
 
-def train_digits_cnn(data: DigitsData | None = None, spec: DigitsTraining = DIGITS_TRAINING,
-                     progress: bool = True) -> tuple[DigitsCNN, dict]:
+def train_digits_cnn(
+    data: DigitsData | None = None, spec: DigitsTraining = DIGITS_TRAINING, progress: bool = True
+) -> tuple[DigitsCNN, dict]:
     """Train the chapter's CNN with :func:`mechinterp_course.training.train` and return ``(model, info)``: ``info``
     holds the settings, the final accuracies (``"metrics"``), the log (one row per epoch) and the seconds it took.
 
@@ -153,7 +161,7 @@ def train_digits_cnn(data: DigitsData | None = None, spec: DigitsTraining = DIGI
 
     def batch_fn(step: int) -> tuple[Tensor, Tensor]:
         epoch, index = divmod(step, per_epoch)
-        chosen = shuffles[epoch][index * spec.batch:(index + 1) * spec.batch]
+        chosen = shuffles[epoch][index * spec.batch : (index + 1) * spec.batch]
         return data.train_x[chosen], data.train_y[chosen]
 
     def loss_fn(model: DigitsCNN, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -161,12 +169,23 @@ def train_digits_cnn(data: DigitsData | None = None, spec: DigitsTraining = DIGI
         return F.cross_entropy(model(images), labels)
 
     model = DigitsCNN(seed=spec.seed)
-    config = training.TrainConfig(steps=spec.epochs * per_epoch, lr=spec.lr, weight_decay=spec.weight_decay,
-                                  eval_every=per_epoch, progress=progress, description="digits-cnn",
-                                  threads=TRAINING_THREADS)
+    config = training.TrainConfig(
+        steps=spec.epochs * per_epoch,
+        lr=spec.lr,
+        weight_decay=spec.weight_decay,
+        eval_every=per_epoch,
+        progress=progress,
+        description="digits-cnn",
+        threads=TRAINING_THREADS,
+    )
     result = training.train(model, batch_fn, loss_fn, config, eval_fn=lambda m: digits_metrics(m, data))
-    info = {"training": spec, "steps": config.steps, "metrics": digits_metrics(model, data), "log": result.log,
-            "seconds": result.seconds}
+    info = {
+        "training": spec,
+        "steps": config.steps,
+        "metrics": digits_metrics(model, data),
+        "log": result.log,
+        "seconds": result.seconds,
+    }
     return model.eval(), info
 
 

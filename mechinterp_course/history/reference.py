@@ -15,81 +15,81 @@ from mechinterp_course import history
 
 #: The name each test cell checks -> the number of its exercise in the notebook.
 EXERCISES: dict[str, str] = {
-    'people': '1.1',
-    'builds_on': '1.2',
-    'when_in_training': '2.1',
-    'placement': '2.2',
-    'projects': '2.4',
-    'total_variation': '3.1',
-    'visualise': '3.2',
-    'top_activating_examples': '3.3',
-    'tracin_scores': '4.1',
-    'successes': '5.1',
-    'my_scores': '6.1',
-    'pick_area': '6.2',
+    "people": "1.1",
+    "builds_on": "1.2",
+    "when_in_training": "2.1",
+    "placement": "2.2",
+    "projects": "2.4",
+    "total_variation": "3.1",
+    "visualise": "3.2",
+    "top_activating_examples": "3.3",
+    "tracin_scores": "4.1",
+    "successes": "5.1",
+    "my_scores": "6.1",
+    "pick_area": "6.2",
 }
 
 #: Digests of the answers solution cells write out (``checking.answer_key``), never the answers.
 ANSWER_KEYS: dict[str, object] = {
-    'people': {
-        'A': '29d2abeb23ab2c7f',
-        'B': '68e4f8ed04b72a36',
-        'C': '7df6538d72cd9b18',
-        'D': '6200613fece330bc',
-        'E': '1e8bfe2361a3150e',
-        'F': '46b59206754aa538',
+    "people": {
+        "A": "29d2abeb23ab2c7f",
+        "B": "68e4f8ed04b72a36",
+        "C": "7df6538d72cd9b18",
+        "D": "6200613fece330bc",
+        "E": "1e8bfe2361a3150e",
+        "F": "46b59206754aa538",
     },
-    'builds_on': {
-        'B': '082ccc97d7beb420',
-        'D': 'c7cfaff09c6f3937',
-        'F': 'ff07873559d9f5d1',
-        'H': 'c60f32db1ba2d051',
-        'K': '165c297bf060e0f5',
-        'L': '81f28291878c882a',
+    "builds_on": {
+        "B": "082ccc97d7beb420",
+        "D": "c7cfaff09c6f3937",
+        "F": "ff07873559d9f5d1",
+        "H": "c60f32db1ba2d051",
+        "K": "165c297bf060e0f5",
+        "L": "81f28291878c882a",
     },
-    'when_in_training': {
-        'A': 'a6319de2dd7040f9',
-        'B': 'cdd257e82f13b441',
-        'C': '51b90c4fa3abfee5',
-        'D': '1beedbf5348b1358',
-        'E': 'd65fc3ce630d18b5',
-        'F': '1331cb8119e6b945',
+    "when_in_training": {
+        "A": "a6319de2dd7040f9",
+        "B": "cdd257e82f13b441",
+        "C": "51b90c4fa3abfee5",
+        "D": "1beedbf5348b1358",
+        "E": "d65fc3ce630d18b5",
+        "F": "1331cb8119e6b945",
     },
-    'corners': '1634c81e25901598',
-    'weights': {
-        'Sudden Drops in the Loss': '503685290e9ab707',
-        'Distill Circuits Thread': '9ad8322f41445877',
-        'In-Context Learning and Induction Heads': '4de0aab95e6e6919',
-        'Studying Large Language Model Generalization': '354cbd507747f596',
-        'Toy Models of Superposition': '16e9241ff2bb7871',
-        'Mathematical Framework for Transformer Circuits': '69f47755be713908',
-        'Interpretability in the Wild': '16e369ae7491026f',
-        'Towards Monosemanticity': '1ab4910791c1db2c',
-        'Representation Engineering': 'f9390b417a20e11c',
-        'Singular Learning Theory': 'de5db873868fdc8a',
-        'Delays, Detours, and Forks in the Road': '2e96888428315d80',
+    "corners": "1634c81e25901598",
+    "weights": {
+        "Sudden Drops in the Loss": "503685290e9ab707",
+        "Distill Circuits Thread": "9ad8322f41445877",
+        "In-Context Learning and Induction Heads": "4de0aab95e6e6919",
+        "Studying Large Language Model Generalization": "354cbd507747f596",
+        "Toy Models of Superposition": "16e9241ff2bb7871",
+        "Mathematical Framework for Transformer Circuits": "69f47755be713908",
+        "Interpretability in the Wild": "16e369ae7491026f",
+        "Towards Monosemanticity": "1ab4910791c1db2c",
+        "Representation Engineering": "f9390b417a20e11c",
+        "Singular Learning Theory": "de5db873868fdc8a",
+        "Delays, Detours, and Forks in the Road": "2e96888428315d80",
     },
-    'projects': {
-        'A': 'e9507bfd7c04da86',
-        'B': '548c68ad459d25c8',
-        'C': 'bdf4f4f4ae8ad247',
-        'D': 'e93300609950d134',
-        'E': 'debe51e4cd4d8145',
-        'F': '2aa82df4f94ccfe4',
-        'G': '151e518fad924efb',
-        'H': '65d12aa1301c9f94',
+    "projects": {
+        "A": "e9507bfd7c04da86",
+        "B": "548c68ad459d25c8",
+        "C": "bdf4f4f4ae8ad247",
+        "D": "e93300609950d134",
+        "E": "debe51e4cd4d8145",
+        "F": "2aa82df4f94ccfe4",
+        "G": "151e518fad924efb",
+        "H": "65d12aa1301c9f94",
     },
-    'successes': {
-        '1': '9f57b60760c0de1d',
-        '2': '1a12d9c057d6dad4',
-        '3': '6d989b3af6d974b0',
-        '4': 'e0d2f69c8aaf62ef',
+    "successes": {
+        "1": "9f57b60760c0de1d",
+        "2": "1a12d9c057d6dad4",
+        "3": "6d989b3af6d974b0",
+        "4": "e0d2f69c8aaf62ef",
     },
-    'my_scores': {
-        'circuits': 'a7728959766fdc33',
-        'grokking': '364a55b8610d5be3',
-        'saes': 'cf6de6e7d71befdd',
-        'attention-superposition': '76b5fe50ad2fd8ed',
+    "my_scores": {
+        "circuits": "a7728959766fdc33",
+        "grokking": "364a55b8610d5be3",
+        "saes": "cf6de6e7d71befdd",
+        "attention-superposition": "76b5fe50ad2fd8ed",
     },
 }
 
@@ -112,8 +112,16 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return vertical + horizontal
 
 
-def visualise(activation_fn, x0: torch.Tensor, steps: int = 100, lr: float = 0.05, l2: float = 0.0,
-              tv: float = 0.0, jitter: int = 0, seed: int = 0) -> torch.Tensor:
+def visualise(
+    activation_fn,
+    x0: torch.Tensor,
+    steps: int = 100,
+    lr: float = 0.05,
+    l2: float = 0.0,
+    tv: float = 0.0,
+    jitter: int = 0,
+    seed: int = 0,
+) -> torch.Tensor:
     """Gradient ascent on the input: returns the optimised images [batch, C, H, W] (detached).
 
     Defined in solutions/00_history/00_history.ipynb, exercise 3.2.
@@ -123,8 +131,11 @@ def visualise(activation_fn, x0: torch.Tensor, steps: int = 100, lr: float = 0.0
     optimizer = torch.optim.Adam([x], lr=lr)
     for _ in range(steps):
         dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()
-        objective = (activation_fn(torch.roll(x, shifts=(dy, dx), dims=(-2, -1)))
-                     - l2 * (x ** 2).sum(dim=(1, 2, 3)) - tv * total_variation(x))
+        objective = (
+            activation_fn(torch.roll(x, shifts=(dy, dx), dims=(-2, -1)))
+            - l2 * (x**2).sum(dim=(1, 2, 3))
+            - tv * total_variation(x)
+        )
         optimizer.zero_grad()
         (-objective.sum()).backward()
         optimizer.step()
@@ -143,13 +154,15 @@ def top_activating_examples(activation_fn, images: torch.Tensor, k: int):
     return activations[order], order
 
 
-def tracin_scores(model, test_x: torch.Tensor, test_y: torch.Tensor, train_x: torch.Tensor,
-                  train_y: torch.Tensor) -> torch.Tensor:
+def tracin_scores(
+    model, test_x: torch.Tensor, test_y: torch.Tensor, train_x: torch.Tensor, train_y: torch.Tensor
+) -> torch.Tensor:
     """-> [n_test, n_train]: dot products of per-example loss gradients with respect to
     model.out's weight and bias.
 
     Defined in solutions/00_history/00_history.ipynb, exercise 4.1.
     """
+
     def gradients(x, y):  # [batch, n_classes * hidden + n_classes]
         with torch.no_grad():
             logits, cache = model.run_with_cache(x)
@@ -172,14 +185,25 @@ def pick_area(my_scores: dict, deck_scores: dict, weight_mine: float = 0.5):
     combined = {}
     for area, mine in my_scores.items():
         deck = deck_scores.get(area) or {}
-        combined[area] = {key: mine[key] if deck.get(key) is None else
-                          weight_mine * mine[key] + (1 - weight_mine) * deck[key] for key in keys}
-    values = {area: c["low_hanging_fruit"] + c["excitement"] - c["difficulty"]
-              for area, c in combined.items()}
+        combined[area] = {
+            key: mine[key]
+            if deck.get(key) is None
+            else weight_mine * mine[key] + (1 - weight_mine) * deck[key]
+            for key in keys
+        }
+    values = {
+        area: c["low_hanging_fruit"] + c["excitement"] - c["difficulty"]
+        for area, c in combined.items()
+    }
     best = None
     for area in my_scores:
-        if best is None or values[area] > values[best] + tolerance or (
+        if (
+            best is None
+            or values[area] > values[best] + tolerance
+            or (
                 abs(values[area] - values[best]) <= tolerance
-                and combined[area]["excitement"] > combined[best]["excitement"] + tolerance):
+                and combined[area]["excitement"] > combined[best]["excitement"] + tolerance
+            )
+        ):
             best = area
     return best, values

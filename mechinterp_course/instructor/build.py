@@ -49,6 +49,7 @@ VOLATILE_METADATA = ("execution", "ExecuteTime", "collapsed", "scrolled")
 #: Files never copied into a release: nbgrader's default list, plus macOS's folder metadata.
 IGNORED = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".DS_Store"]
 
+
 class CourseError(Exception):
     """A problem with the user's input (unknown chapter, missing folder, ...): the CLI prints it and exits with 2."""
 
@@ -70,15 +71,20 @@ def find_course_dir(course_dir: str | os.PathLike | None = None) -> Path:
         for candidate in (start, *start.parents):
             if (candidate / SOLUTIONS).is_dir():
                 return candidate
-    raise CourseError(f"No course directory found: no parent of {Path.cwd()} (or of the installed package) has a "
-                      f"{SOLUTIONS}/ folder. Run from inside the course or pass --course-dir.")
+    raise CourseError(
+        f"No course directory found: no parent of {Path.cwd()} (or of the installed package) has a "
+        f"{SOLUTIONS}/ folder. Run from inside the course or pass --course-dir."
+    )
 
 
 def list_chapters(course_dir: str | os.PathLike | None = None) -> list[str]:
     """Chapter names (``01_circuits``, ...) that have a source notebook ``solutions/<chapter>/<chapter>.ipynb``."""
     root = find_course_dir(course_dir)
-    return sorted(p.name for p in (root / SOLUTIONS).iterdir()
-                  if p.is_dir() and CHAPTER_PATTERN.match(p.name) and (p / f"{p.name}.ipynb").is_file())
+    return sorted(
+        p.name
+        for p in (root / SOLUTIONS).iterdir()
+        if p.is_dir() and CHAPTER_PATTERN.match(p.name) and (p / f"{p.name}.ipynb").is_file()
+    )
 
 
 def short_name(chapter: str) -> str:
@@ -165,8 +171,9 @@ def nbgrader_environment():
         os.environ["PATH"] = old
 
 
-def generate_release(course_dir: str | os.PathLike, chapter: str, work_dir: str | os.PathLike,
-                     database: bool = True) -> Path:
+def generate_release(
+    course_dir: str | os.PathLike, chapter: str, work_dir: str | os.PathLike, database: bool = True
+) -> Path:
     """Run ``nbgrader generate_assignment`` for one chapter in the nbgrader course ``work_dir``.
 
     Copies ``solutions/<chapter>/`` to ``work_dir/source/<chapter>/`` and generates ``work_dir/release/<chapter>/``,
@@ -200,8 +207,7 @@ def generate_release(course_dir: str | os.PathLike, chapter: str, work_dir: str 
             with nbgrader_environment():
                 converter.start()
         except Exception as error:  # nbgrader logged the cause; put it in the message
-            raise CourseError(f"nbgrader could not generate chapter {chapter}: "
-                              f"{last_error(lines) or error}") from error
+            raise CourseError(f"nbgrader could not generate chapter {chapter}: {last_error(lines) or error}") from error
     release = work / "release" / chapter
     for path in release.rglob("*.ipynb"):
         os.chmod(path, 0o644)
@@ -230,8 +236,9 @@ def _chosen(chapters, root: Path) -> list[str]:
     return list_chapters(root) if not chapters else [resolve_chapter(c, root) for c in chapters]
 
 
-def build(chapters: list[str] | None = None, course_dir: str | os.PathLike | None = None,
-          missing_only: bool = False) -> list[Path]:
+def build(
+    chapters: list[str] | None = None, course_dir: str | os.PathLike | None = None, missing_only: bool = False
+) -> list[Path]:
     """Regenerate ``chapters/<chapter>/`` from ``solutions/<chapter>/`` for the given chapters (default: all).
 
     Each chapter's folder in ``chapters/`` is replaced as a whole (it is generated: do not edit it by hand).
@@ -292,8 +299,10 @@ def check_built(course_dir: str | os.PathLike | None = None) -> list[str]:
         committed = _release_files(committed_dir) if committed_dir.is_dir() else {}
         committed = {k: v for k, v in committed.items() if ".ipynb_checkpoints" not in k}
         reference = reference_path(root, chapter)
-        if fresh != committed or (reference is not None and (
-                not reference.is_file() or reference.read_text(encoding="utf-8") != render_reference(root, chapter))):
+        if fresh != committed or (
+            reference is not None
+            and (not reference.is_file() or reference.read_text(encoding="utf-8") != render_reference(root, chapter))
+        ):
             stale.append(chapter)
     if (root / CHAPTERS).is_dir():
         stale += sorted(p.name for p in (root / CHAPTERS).iterdir() if p.is_dir() and p.name not in chapters)

@@ -30,47 +30,106 @@ def _parser() -> argparse.ArgumentParser:
     limits = Limits()
 
     course_help = "the course root (default: the nearest parent of the working directory that has solutions/)"
-    parser = argparse.ArgumentParser(prog="mechinterp-course", description="The mechinterp course's instructor tools: "
-                                     "build the student notebooks, grade submissions, train and list zoo models.")
+    parser = argparse.ArgumentParser(
+        prog="mechinterp-course",
+        description="The mechinterp course's instructor tools: "
+        "build the student notebooks, grade submissions, train and list zoo models.",
+    )
     parser.add_argument("--course-dir", metavar="DIR", help=course_help)
     # Accepted after the subcommand too; SUPPRESS keeps a value given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--course-dir", metavar="DIR", default=argparse.SUPPRESS, help=course_help)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                     parser_class=lambda **kw: argparse.ArgumentParser(parents=[common], **kw))
+    commands = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        required=True,
+        parser_class=lambda **kw: argparse.ArgumentParser(parents=[common], **kw),
+    )
 
-    build = commands.add_parser("build", help="regenerate chapters/ from solutions/ with nbgrader",
-                                description="Regenerate the student notebooks chapters/<chapter>/ from "
-                                            "solutions/<chapter>/ (nbgrader generate_assignment).")
+    build = commands.add_parser(
+        "build",
+        help="regenerate chapters/ from solutions/ with nbgrader",
+        description="Regenerate the student notebooks chapters/<chapter>/ from "
+        "solutions/<chapter>/ (nbgrader generate_assignment).",
+    )
     build.add_argument("chapters", nargs="*", metavar="CHAPTER", help="e.g. circuits or 01_circuits (default: all)")
-    build.add_argument("--missing", action="store_true",
-                       help="only chapters whose student notebook does not exist (never overwrites a student's work)")
+    build.add_argument(
+        "--missing",
+        action="store_true",
+        help="only chapters whose student notebook does not exist (never overwrites a student's work)",
+    )
 
-    grade = commands.add_parser("grade", help="autograde submitted notebooks",
-                                description="Autograde submissions: notebooks, folders of notebooks (one per "
-                                            "student, as downloaded from an LMS) or an nbgrader submitted/ tree.")
+    grade = commands.add_parser(
+        "grade",
+        help="autograde submitted notebooks",
+        description="Autograde submissions: notebooks, folders of notebooks (one per "
+        "student, as downloaded from an LMS) or an nbgrader submitted/ tree.",
+    )
     grade.add_argument("chapter", metavar="CHAPTER", help="e.g. circuits or 01_circuits")
     grade.add_argument("paths", nargs="+", metavar="PATH", help="notebooks or folders")
-    grade.add_argument("--out", default=DEFAULT_GRADE_DIR, metavar="DIR",
-                       help=f"where the gradebook, CSVs and feedback go (default: ./{DEFAULT_GRADE_DIR})")
-    grade.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                       help=f"per-cell time limit in seconds (default: {DEFAULT_TIMEOUT_S})")
-    grade.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
-                       help="notebooks graded at once (default: the number of cores)")
+    grade.add_argument(
+        "--out",
+        default=DEFAULT_GRADE_DIR,
+        metavar="DIR",
+        help=f"where the gradebook, CSVs and feedback go (default: ./{DEFAULT_GRADE_DIR})",
+    )
+    grade.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"per-cell time limit in seconds (default: {DEFAULT_TIMEOUT_S})",
+    )
+    grade.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=None,
+        metavar="N",
+        help="notebooks graded at once (default: the number of cores)",
+    )
     box = grade.add_argument_group("limits on student code (per notebook)")
-    box.add_argument("--memory-mb", type=int, default=limits.memory_mb, metavar="MB",
-                     help=f"address space (default: {limits.memory_mb})")
-    box.add_argument("--processes", type=int, default=limits.processes, metavar="N",
-                     help=f"processes and threads (default: {limits.processes})")
-    box.add_argument("--file-mb", type=int, default=limits.file_mb, metavar="MB",
-                     help=f"largest file written (default: {limits.file_mb})")
-    box.add_argument("--cpu-seconds", type=int, default=limits.cpu_seconds, metavar="S",
-                     help=f"CPU time of one kernel (default: {limits.cpu_seconds})")
-    box.add_argument("--tmp-mb", type=int, default=limits.tmp_mb, metavar="MB",
-                     help=f"size of the private /tmp (default: {limits.tmp_mb})")
+    box.add_argument(
+        "--memory-mb",
+        type=int,
+        default=limits.memory_mb,
+        metavar="MB",
+        help=f"address space (default: {limits.memory_mb})",
+    )
+    box.add_argument(
+        "--processes",
+        type=int,
+        default=limits.processes,
+        metavar="N",
+        help=f"processes and threads (default: {limits.processes})",
+    )
+    box.add_argument(
+        "--file-mb",
+        type=int,
+        default=limits.file_mb,
+        metavar="MB",
+        help=f"largest file written (default: {limits.file_mb})",
+    )
+    box.add_argument(
+        "--cpu-seconds",
+        type=int,
+        default=limits.cpu_seconds,
+        metavar="S",
+        help=f"CPU time of one kernel (default: {limits.cpu_seconds})",
+    )
+    box.add_argument(
+        "--tmp-mb",
+        type=int,
+        default=limits.tmp_mb,
+        metavar="MB",
+        help=f"size of the private /tmp (default: {limits.tmp_mb})",
+    )
 
-    train = commands.add_parser("train", help="rebuild a zoo model from its recipe",
-                                description="Train a zoo model from its recipe and write it into the zoo.")
+    train = commands.add_parser(
+        "train",
+        help="rebuild a zoo model from its recipe",
+        description="Train a zoo model from its recipe and write it into the zoo.",
+    )
     train.add_argument("name", metavar="NAME", help="a recipe name (see `mechinterp-course zoo`)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument("--zoo-dir", metavar="DIR", help="write the model here instead of the package's zoo")
@@ -88,14 +147,25 @@ def _build(args) -> None:
 
 def _grade(args) -> None:
     from . import grade as autograde
-
     from .sandbox import Limits
 
-    limits = Limits(memory_mb=args.memory_mb, processes=args.processes, file_mb=args.file_mb,
-                    cpu_seconds=args.cpu_seconds, tmp_mb=args.tmp_mb)
-    report = autograde.grade(args.chapter, args.paths, args.out, timeout=args.timeout, course_dir=args.course_dir,
-                             progress=lambda line: print(line, file=sys.stderr, flush=True), jobs=args.jobs,
-                             limits=limits)
+    limits = Limits(
+        memory_mb=args.memory_mb,
+        processes=args.processes,
+        file_mb=args.file_mb,
+        cpu_seconds=args.cpu_seconds,
+        tmp_mb=args.tmp_mb,
+    )
+    report = autograde.grade(
+        args.chapter,
+        args.paths,
+        args.out,
+        timeout=args.timeout,
+        course_dir=args.course_dir,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+        jobs=args.jobs,
+        limits=limits,
+    )
     print(report.table())
     print()
     if report.protections:

@@ -86,13 +86,23 @@ class Slot:
         """The kernel's whole environment: no secrets of the grader's, caches in the working folder, offline."""
         env = {
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
-            "HOME": work_dir, "TMPDIR": "/tmp", "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "IPYTHONDIR": f"{work_dir}/.ipython", "MPLCONFIGDIR": f"{work_dir}/.matplotlib",
-            "XDG_CACHE_HOME": f"{work_dir}/.cache", "JUPYTER_RUNTIME_DIR": f"{work_dir}/.jupyter",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
-            "TOKENIZERS_PARALLELISM": "false", "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-            "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
-            "NBGRADER_EXECUTION": "autograde", "MECHINTERP_GRADING": "1",
+            "HOME": work_dir,
+            "TMPDIR": "/tmp",
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "IPYTHONDIR": f"{work_dir}/.ipython",
+            "MPLCONFIGDIR": f"{work_dir}/.matplotlib",
+            "XDG_CACHE_HOME": f"{work_dir}/.cache",
+            "JUPYTER_RUNTIME_DIR": f"{work_dir}/.jupyter",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "WANDB_MODE": "disabled",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+            "OMP_NUM_THREADS": str(self.threads),
+            "MKL_NUM_THREADS": str(self.threads),
+            "NBGRADER_EXECUTION": "autograde",
+            "MECHINTERP_GRADING": "1",
         }
         for key in ("PYTHONPATH", "COURSE_NETWORK_LOG"):  # the test suite's network guard, if it is on
             if os.environ.get(key):
@@ -139,20 +149,37 @@ class Kernel:
         self.ipc.chmod(0o700)
         connection = str(self.ipc / "connection.json")
         status_file = self.ipc / "box.json"  # in the kept folder: written after the rest is hidden
-        spec = self.slot.plan.spec(work_dir=self.work_dir, ipc_dir=str(self.ipc), uid=uid,
-                                   env=self.slot.env(self.work_dir), files=self.files, chown=[connection],
-                                   status_file=str(status_file))
+        spec = self.slot.plan.spec(
+            work_dir=self.work_dir,
+            ipc_dir=str(self.ipc),
+            uid=uid,
+            env=self.slot.env(self.work_dir),
+            files=self.files,
+            chown=[connection],
+            status_file=str(status_file),
+        )
         spec_file = self.slot.root / "box-spec.json"
         spec.write(spec_file)
-        argv = [sys.executable, "-m", "mechinterp_course.instructor.sandbox", str(spec_file), "--",
-                sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                "--HistoryManager.enabled=False", "--IPKernelApp.trio_loop=False"]
+        argv = [
+            sys.executable,
+            "-m",
+            "mechinterp_course.instructor.sandbox",
+            str(spec_file),
+            "--",
+            sys.executable,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+            "--HistoryManager.enabled=False",
+            "--IPKernelApp.trio_loop=False",
+        ]
         context = zmq.Context()
         context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        km = KernelManager(transport="ipc", ip=str(self.ipc / "kernel"), connection_file=connection,
-                           context=context)
-        km._kernel_spec = KernelSpec(argv=argv, display_name="Python 3 (graded)", language="python",
-                                     interrupt_mode="signal")
+        km = KernelManager(transport="ipc", ip=str(self.ipc / "kernel"), connection_file=connection, context=context)
+        km._kernel_spec = KernelSpec(
+            argv=argv, display_name="Python 3 (graded)", language="python", interrupt_mode="signal"
+        )
         km.start_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.km, self.kc = km, km.client(context=context)
         self.kc.start_channels()
@@ -259,15 +286,21 @@ class Kernel:
             if used + size > MAX_OUTPUT_CHARS_PER_CELL:
                 cut = True
                 if output.get("output_type") == "stream":
-                    output.text = output.text[:max(0, MAX_OUTPUT_CHARS_PER_CELL - used)]
+                    output.text = output.text[: max(0, MAX_OUTPUT_CHARS_PER_CELL - used)]
                     outcome.outputs.append(output)
-                outcome.outputs.append(nbformat.v4.new_output(
-                    "stream", name="stdout", text=f"\n[output cut at {MAX_OUTPUT_CHARS_PER_CELL} characters]\n"))
+                outcome.outputs.append(
+                    nbformat.v4.new_output(
+                        "stream", name="stdout", text=f"\n[output cut at {MAX_OUTPUT_CHARS_PER_CELL} characters]\n"
+                    )
+                )
                 continue
             used += size
-            if outcome.outputs and output.get("output_type") == "stream" and \
-                    outcome.outputs[-1].get("output_type") == "stream" and \
-                    outcome.outputs[-1].get("name") == output.get("name"):
+            if (
+                outcome.outputs
+                and output.get("output_type") == "stream"
+                and outcome.outputs[-1].get("output_type") == "stream"
+                and outcome.outputs[-1].get("name") == output.get("name")
+            ):
                 outcome.outputs[-1].text += output.text
             else:
                 outcome.outputs.append(output)
@@ -289,8 +322,12 @@ class Kernel:
         if outcome.status == "timeout":
             raise TimeoutError(f"it ran for more than {timeout:g} s and was stopped")
         if not outcome.messages:
-            return {"error": {"kinds": ["RuntimeError"], "message": "the kernel sent no answer (did your code replace "
-                                                                       "the grader's probe?)"}}
+            return {
+                "error": {
+                    "kinds": ["RuntimeError"],
+                    "message": "the kernel sent no answer (did your code replace the grader's probe?)",
+                }
+            }
         return outcome.messages[-1]
 
     def exchange_file(self, data: bytes) -> str:
@@ -322,8 +359,12 @@ def label(cell, index: int) -> str:
     return f"cell {index + 1} ({grade_id})" if grade_id else f"cell {index + 1}"
 
 
-def run_notebook(nb: NotebookNode, kernel: Kernel, judge: Callable[[NotebookNode, int, Kernel], list],
-                 timeout: float = DEFAULT_TIMEOUT_S) -> list[str]:
+def run_notebook(
+    nb: NotebookNode,
+    kernel: Kernel,
+    judge: Callable[[NotebookNode, int, Kernel], list],
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> list[str]:
     """Run the notebook's code cells in order (module docstring); ``judge(nb, index, kernel)`` gives a test cell's
     outputs. Returns notes for the feedback."""
     notes: list[str] = []
@@ -360,8 +401,11 @@ def run_notebook(nb: NotebookNode, kernel: Kernel, judge: Callable[[NotebookNode
                     if outcome.status in ("dead", "unresponsive"):
                         raise KernelDied(outcome.status)
                     if outcome.status == "timeout":
-                        cell.outputs.append(error_output("CellTimeoutError", f"this cell ran for more than "
-                                                                              f"{timeout:g} s and was stopped"))
+                        cell.outputs.append(
+                            error_output(
+                                "CellTimeoutError", f"this cell ran for more than {timeout:g} s and was stopped"
+                            )
+                        )
                         notes.append(f"{label(cell, i)} ran for more than {timeout:g} s and was stopped")
                 done += 1
         except KernelDied as error:
@@ -370,28 +414,41 @@ def run_notebook(nb: NotebookNode, kernel: Kernel, judge: Callable[[NotebookNode
             died = "dead" in str(error) or "died" in str(error)
             if what == "run":
                 if is_test(nb.cells[i]):
-                    why = ("the kernel died while the check ran your function" if died else
-                           "your function did not stop when interrupted, so the kernel was stopped")
+                    why = (
+                        "the kernel died while the check ran your function"
+                        if died
+                        else "your function did not stop when interrupted, so the kernel was stopped"
+                    )
                     nb.cells[i].outputs = [error_output("CheckFailed", f"{why}; later cells ran in a restarted kernel")]
                 elif died:
-                    nb.cells[i].outputs.append(error_output(
-                        "DeadKernelError", "the kernel died while running this cell (os._exit, a crash, the memory "
-                                           "limit ...); later cells ran in a restarted kernel"))
+                    nb.cells[i].outputs.append(
+                        error_output(
+                            "DeadKernelError",
+                            "the kernel died while running this cell (os._exit, a crash, the memory "
+                            "limit ...); later cells ran in a restarted kernel",
+                        )
+                    )
                 else:
-                    nb.cells[i].outputs.append(error_output(
-                        "KernelUnresponsive", f"this cell ran for more than {timeout:g} s and did not stop when "
-                                              f"interrupted (does it catch KeyboardInterrupt?); later cells ran in a "
-                                              f"restarted kernel"))
+                    nb.cells[i].outputs.append(
+                        error_output(
+                            "KernelUnresponsive",
+                            f"this cell ran for more than {timeout:g} s and did not stop when "
+                            f"interrupted (does it catch KeyboardInterrupt?); later cells ran in a "
+                            f"restarted kernel",
+                        )
+                    )
                 done += 1
             reason = "the kernel died" if died else "the kernel stopped responding"
-            notes.append(f"{reason} {'while running' if what == 'run' else 'again when re-running'} "
-                         f"{label(nb.cells[i], i)}")
+            notes.append(
+                f"{reason} {'while running' if what == 'run' else 'again when re-running'} {label(nb.cells[i], i)}"
+            )
             restarts += 1
             if restarts > MAX_KERNEL_RESTARTS:
                 for j in todo[done:]:
                     nb.cells[j].outputs = [error_output("NotRun", "not run: the kernel died too often")]
-                notes.append(f"the kernel died {restarts} times; the remaining {len(todo) - done} code cells were "
-                             f"not run")
+                notes.append(
+                    f"the kernel died {restarts} times; the remaining {len(todo) - done} code cells were not run"
+                )
                 break
         finally:
             kernel.shutdown()

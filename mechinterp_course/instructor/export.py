@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import json
 import re
 import symtable
 import sys
@@ -33,8 +34,9 @@ import nbformat
 from ..checking import answer_key
 
 #: A heading that starts an exercise: "### Exercise 2.4 · ..." or "### Exercise 2.1–2.3 · ...".
-EXERCISE_HEADING = re.compile(r"^#+\s.*?\bExercise\s+(?P<number>\d+(?:\.\d+)?(?:\s*[–-]\s*\d+(?:\.\d+)?)?)",
-                              re.MULTILINE)
+EXERCISE_HEADING = re.compile(
+    r"^#+\s.*?\bExercise\s+(?P<number>\d+(?:\.\d+)?(?:\s*[–-]\s*\d+(?:\.\d+)?)?)", re.MULTILINE
+)
 SOLUTION_MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
 #: The module alias test cells call checks through (``check.get_attention_pattern(...)``).
 CHECK_MODULE_ALIAS = "check"
@@ -74,10 +76,16 @@ def test_cell_calls(source: str) -> list[ast.Call]:
     calls = []
     for statement in tree.body:
         call = statement.value if isinstance(statement, ast.Expr) else None
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                and isinstance(call.func.value, ast.Name) and call.func.value.id == CHECK_MODULE_ALIAS):
-            raise ExportError(f"a test cell may only call {CHECK_MODULE_ALIAS}.<name>(...): line {statement.lineno} "
-                              f"is {ast.unparse(statement)!r}")
+        if not (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and isinstance(call.func.value, ast.Name)
+            and call.func.value.id == CHECK_MODULE_ALIAS
+        ):
+            raise ExportError(
+                f"a test cell may only call {CHECK_MODULE_ALIAS}.<name>(...): line {statement.lineno} "
+                f"is {ast.unparse(statement)!r}"
+            )
         for arg in [*call.args, *(k.value for k in call.keywords)]:
             if not isinstance(arg, (ast.Name, ast.Constant)):
                 raise ExportError(f"test cell arguments must be names or constants: {ast.unparse(arg)!r}")
@@ -111,8 +119,14 @@ def collect(nb) -> Export:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 for alias in node.names:
                     bound = (alias.asname or alias.name).split(".")[0]
-                    out.imports.setdefault(bound, ast.unparse(ast.Import([alias]) if isinstance(node, ast.Import)
-                                                              else ast.ImportFrom(node.module, [alias], node.level)))
+                    out.imports.setdefault(
+                        bound,
+                        ast.unparse(
+                            ast.Import([alias])
+                            if isinstance(node, ast.Import)
+                            else ast.ImportFrom(node.module, [alias], node.level)
+                        ),
+                    )
         if not meta.get("solution"):
             continue
         lines = source.splitlines()
@@ -121,8 +135,10 @@ def collect(nb) -> Export:
             if not isinstance(node, ast.FunctionDef):
                 continue
             decorators = [_decorator_name(d) for d in node.decorator_list]
-            if any(name == "exercise" and call is not None and any(k.arg == "fallback" for k in call.keywords)
-                   for name, call in decorators):
+            if any(
+                name == "exercise" and call is not None and any(k.arg == "fallback" for k in call.keywords)
+                for name, call in decorators
+            ):
                 continue  # an open exercise: nothing to compare with
             label = f"exercise {number}" if number else "a helper"
             out.functions.append((node.name, _function_source(node, lines, label)))
@@ -149,9 +165,15 @@ def _literal_answers(tree: ast.Module, lines: list[str]) -> dict[str, object]:
 def _function_source(node: ast.FunctionDef, lines: list[str], label: str) -> str:
     """The function's source without decorators and solution markers, its docstring ending with where it comes
     from (the ``{label}`` is filled in by :func:`render`)."""
-    body = lines[node.lineno - 1:node.end_lineno]
-    docstring = node.body[0] if node.body and isinstance(node.body[0], ast.Expr) and \
-        isinstance(node.body[0].value, ast.Constant) and isinstance(node.body[0].value.value, str) else None
+    body = lines[node.lineno - 1 : node.end_lineno]
+    docstring = (
+        node.body[0]
+        if node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+        and isinstance(node.body[0].value.value, str)
+        else None
+    )
     indent = " " * node.body[0].col_offset
     provenance = f"Defined in {{notebook}}, {label}."
     if docstring is not None:
@@ -190,8 +212,10 @@ def render(nb, notebook_path: str, chapter: str) -> str:
     for name, source in found.functions:
         for used in sorted(_global_names(source) - set(names) - set(dir(builtins))):
             if used not in found.imports:
-                raise ExportError(f"{name} in {notebook_path} uses the notebook global `{used}`: an exported "
-                                  f"function may use only its arguments, imports and other exported functions")
+                raise ExportError(
+                    f"{name} in {notebook_path} uses the notebook global `{used}`: an exported "
+                    f"function may use only its arguments, imports and other exported functions"
+                )
             needed[used] = found.imports[used]
     number, _, short = chapter.partition("_")
     header = f'''"""Chapter {number} ({short})'s reference answers, generated from its solution notebook.
@@ -212,13 +236,17 @@ from __future__ import annotations
     blocks = ["\n".join(group) for group in groups if group]
     if blocks:
         parts.append("\n\n".join(blocks) + "\n")
-    exercises = "".join(f"\n    {name!r}: {number!r}," for name, number in found.exercises.items())
-    parts.append("#: The name each test cell checks -> the number of its exercise in the notebook.\n"
-                 f"EXERCISES: dict[str, str] = {{{exercises}\n}}\n")
+    exercises = "".join(f"\n    {_quoted(name)}: {_quoted(number)}," for name, number in found.exercises.items())
+    parts.append(
+        "#: The name each test cell checks -> the number of its exercise in the notebook.\n"
+        f"EXERCISES: dict[str, str] = {{{exercises}\n}}\n"
+    )
     keys = {variable: answer_key(value, variable) for variable, value in found.answers.items()}
-    key_lines = "".join(f"\n    {variable!r}: {_literal(key)}," for variable, key in keys.items())
-    parts.append("#: Digests of the answers solution cells write out (``checking.answer_key``), never the answers.\n"
-                 f"ANSWER_KEYS: dict[str, object] = {{{key_lines}\n}}\n")
+    key_lines = "".join(f"\n    {_quoted(variable)}: {_literal(key)}," for variable, key in keys.items())
+    parts.append(
+        "#: Digests of the answers solution cells write out (``checking.answer_key``), never the answers.\n"
+        f"ANSWER_KEYS: dict[str, object] = {{{key_lines}\n}}\n"
+    )
     all_names = "".join(f'\n    "{name}",' for name in names)
     parts.append(f"__all__ = [{all_names}\n]\n")
     for _, source in found.functions:
@@ -238,13 +266,18 @@ def _merged(statements: set[str]) -> list[str]:
     return plain + froms
 
 
+def _quoted(value: object) -> str:
+    """A literal in the formatter's style (double quotes)."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+
+
 def _literal(value: object) -> str:
     """A dict or list of digests, one entry per line (diffs of a changed key stay readable)."""
     if isinstance(value, dict):
-        return "{" + "".join(f"\n        {k!r}: {v!r}," for k, v in value.items()) + "\n    }"
+        return "{" + "".join(f"\n        {_quoted(k)}: {_quoted(v)}," for k, v in value.items()) + "\n    }"
     if isinstance(value, list):
-        return "[" + "".join(f"\n        {v!r}," for v in value) + "\n    ]"
-    return repr(value)
+        return "[" + "".join(f"\n        {_quoted(v)}," for v in value) + "\n    ]"
+    return _quoted(value)
 
 
 def reference_text(notebook_file, notebook_path: str, chapter: str) -> str:

@@ -79,8 +79,17 @@ import nbformat
 from nbformat import NotebookNode
 
 from . import execute, sandbox
-from .build import (CourseError, PACKAGE, captured_nbgrader_log, find_course_dir, generate_release, last_error,
-                    nbgrader_environment, nbgrader_logger, resolve_chapter, short_name)
+from .build import (
+    CourseError,
+    captured_nbgrader_log,
+    find_course_dir,
+    generate_release,
+    last_error,
+    nbgrader_environment,
+    nbgrader_logger,
+    resolve_chapter,
+    short_name,
+)
 from .execute import DEFAULT_TIMEOUT_S, DELETED_MARK, error_output, is_test
 
 #: The grader's own state in ``out_dir``: executed notebooks, the seal key, the sandboxes' folders.
@@ -98,21 +107,25 @@ HIDDEN_TESTS = re.compile(r"^[^\n]*BEGIN HIDDEN TESTS.*?END HIDDEN TESTS[^\n]*\n
 #: Stage 2 and the formgrader's configuration; also written to ``out_dir/nbgrader_config.py``.
 NBGRADER_SETTINGS = {
     # nbgrader's default sanitize list minus ClearOutput: the outputs are the stage-1 results being graded.
-    "Autograde": {"sanitize_preprocessors": [
-        "mechinterp_course.instructor.grade.RequireGraded",
-        "nbgrader.preprocessors.DeduplicateIds",
-        "nbgrader.preprocessors.OverwriteKernelspec",
-        "nbgrader.preprocessors.OverwriteCells",
-        "nbgrader.preprocessors.CheckCellMetadata",
-    ]},
+    "Autograde": {
+        "sanitize_preprocessors": [
+            "mechinterp_course.instructor.grade.RequireGraded",
+            "nbgrader.preprocessors.DeduplicateIds",
+            "nbgrader.preprocessors.OverwriteKernelspec",
+            "nbgrader.preprocessors.OverwriteCells",
+            "nbgrader.preprocessors.CheckCellMetadata",
+        ]
+    },
     # Student code ran in a sandbox; it must never run in the course directory.
     "Execute": {"enabled": False},
-    "GenerateFeedback": {"preprocessors": [
-        "mechinterp_course.instructor.grade.HideHiddenTests",
-        "mechinterp_course.instructor.grade.ShortTracebacks",
-        "nbgrader.preprocessors.GetGrades",
-        "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
-    ]},
+    "GenerateFeedback": {
+        "preprocessors": [
+            "mechinterp_course.instructor.grade.HideHiddenTests",
+            "mechinterp_course.instructor.grade.ShortTracebacks",
+            "nbgrader.preprocessors.GetGrades",
+            "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+        ]
+    },
 }
 
 
@@ -159,8 +172,15 @@ class GradeReport:
         """A plain-text summary, one line per student."""
         rows = [("student", "auto", "total", "written", "problems")]
         for r in self.students:
-            rows.append((r.student_id, f"{r.auto_score:g}/{r.max_auto_score:g}", f"{r.score:g}/{r.max_score:g}",
-                         "to grade" if r.needs_manual_grade else "-", "; ".join(r.problems) or "-"))
+            rows.append(
+                (
+                    r.student_id,
+                    f"{r.auto_score:g}/{r.max_auto_score:g}",
+                    f"{r.score:g}/{r.max_score:g}",
+                    "to grade" if r.needs_manual_grade else "-",
+                    "; ".join(r.problems) or "-",
+                )
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
         return "\n".join(line.rstrip() for line in lines)
@@ -209,8 +229,10 @@ def _from_tree(student_dir: Path, chapter: str) -> Submission:
         sub.path = notebooks[0]
         sub.problems.append(f"the notebook was named {notebooks[0].name} instead of {expected.name}; graded it anyway")
     elif notebooks:
-        sub.problems.append(f"no {expected.name} but {len(notebooks)} other notebooks "
-                            f"({', '.join(p.name for p in notebooks)}): could not tell which to grade")
+        sub.problems.append(
+            f"no {expected.name} but {len(notebooks)} other notebooks "
+            f"({', '.join(p.name for p in notebooks)}): could not tell which to grade"
+        )
     else:
         sub.problems.append(f"no notebook in {folder}")
     return sub
@@ -238,8 +260,10 @@ def collect_submissions(paths: list[str | os.PathLike], chapter: str) -> list[Su
         tree = sorted(d for d in root.iterdir() if d.is_dir() and (d / chapter).is_dir())
         loose = sorted(p for p in root.glob("*.ipynb") if p.is_file())
         if not tree and not loose:
-            raise CourseError(f"{raw}: no notebooks found. Expected one <student>.ipynb per student, or an nbgrader "
-                              f"tree submitted/<student>/{chapter}/{chapter}.ipynb.")
+            raise CourseError(
+                f"{raw}: no notebooks found. Expected one <student>.ipynb per student, or an nbgrader "
+                f"tree submitted/<student>/{chapter}/{chapter}.ipynb."
+            )
         found += [_from_tree(d, chapter) for d in tree]
         found += [Submission(student_id_from_filename(p, chapter), p, p) for p in loose]
     by_id: dict[str, list[Submission]] = {}
@@ -348,7 +372,7 @@ def repair_notebook(nb: NotebookNode, release: NotebookNode) -> list[str]:
         if match[i] is not None:
             continue
         lo = max((m for m in match[:i] if m is not None), default=-1)
-        hi = min((m for m in match[i + 1:] if m is not None), default=len(rel))
+        hi = min((m for m in match[i + 1 :] if m is not None), default=len(rel))
         for j in range(lo + 1, hi):
             if j not in claimed and rel[j].cell_type == cell.cell_type and _nbgrader(rel[j]):
                 claim(i, j)
@@ -372,11 +396,16 @@ def repair_notebook(nb: NotebookNode, release: NotebookNode) -> list[str]:
         if ref_meta:
             cell.metadata["nbgrader"] = ref_meta
     if restored:
-        graded = [g for g in restored if _nbgrader(rel[by_grade_id[g]]).get("grade") or
-                  _nbgrader(rel[by_grade_id[g]]).get("solution")]
-        notes.append(f"{len(restored)} cell(s) had lost their nbgrader metadata (as Colab does when cells are "
-                     f"re-created) and were matched to the released notebook"
-                     + (f", among them {', '.join(graded)}" if graded else ""))
+        graded = [
+            g
+            for g in restored
+            if _nbgrader(rel[by_grade_id[g]]).get("grade") or _nbgrader(rel[by_grade_id[g]]).get("solution")
+        ]
+        notes.append(
+            f"{len(restored)} cell(s) had lost their nbgrader metadata (as Colab does when cells are "
+            f"re-created) and were matched to the released notebook"
+            + (f", among them {', '.join(graded)}" if graded else "")
+        )
     for grade_id in edited:
         kind = "test cell" if is_test(rel[by_grade_id[grade_id]]) else "read-only cell"
         notes.append(f"{kind} {grade_id} had been edited; it was restored to the course's version")
@@ -402,8 +431,13 @@ def repair_notebook(nb: NotebookNode, release: NotebookNode) -> list[str]:
 def sanitise(nb: NotebookNode, chapter: str, db_url: str) -> NotebookNode:
     """nbgrader's own autograde sanitising, in process: clear outputs, de-duplicate grade ids, set the kernelspec,
     restore locked cells (with hidden tests) and check metadata, against the gradebook at ``db_url``."""
-    from nbgrader.preprocessors import (CheckCellMetadata, ClearOutput, DeduplicateIds, OverwriteCells,
-                                        OverwriteKernelspec)
+    from nbgrader.preprocessors import (
+        CheckCellMetadata,
+        ClearOutput,
+        DeduplicateIds,
+        OverwriteCells,
+        OverwriteKernelspec,
+    )
 
     resources = {"nbgrader": {"notebook": chapter, "assignment": chapter, "db_url": db_url, "student": "-"}}
     with nbgrader_environment():
@@ -427,8 +461,9 @@ def drop_stderr_from_tests(nb: NotebookNode) -> None:
     prints is not one (a failed check always leaves an error output)."""
     for cell in nb.cells:
         if is_test(cell):
-            cell.outputs = [o for o in cell.outputs
-                            if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+            cell.outputs = [
+                o for o in cell.outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+            ]
 
 
 def _finish(nb: NotebookNode, notes: list[str]) -> None:
@@ -441,8 +476,11 @@ def _finish(nb: NotebookNode, notes: list[str]) -> None:
     if notes:
         text = "**Notes from the autograder**\n\n" + "\n".join(f"- {note}" for note in notes)
         ids = {c.get("id") for c in nb.cells}
-        cell_id = next(f"grading-notes-{k}" if k else "grading-notes" for k in range(len(ids) + 1)
-                       if (f"grading-notes-{k}" if k else "grading-notes") not in ids)
+        cell_id = next(
+            f"grading-notes-{k}" if k else "grading-notes"
+            for k in range(len(ids) + 1)
+            if (f"grading-notes-{k}" if k else "grading-notes") not in ids
+        )
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(text, id=cell_id))
 
 
@@ -454,10 +492,14 @@ def _finish(nb: NotebookNode, notes: list[str]) -> None:
 SUSPICIOUS = [
     (re.compile(r"showtraceback|set_custom_exc|InteractiveShell\.|sys\.excepthook"), "silencing errors"),
     (re.compile(r"\.reference\b|import\s+reference|yours_or_reference"), "using the course's reference answers"),
-    (re.compile(r"\bchecks?\.\w+\s*=(?!=)|setattr\(\s*checks?\b|import\s+[\w.]*checks\b"),
-     "rebinding or importing the course's checks"),
-    (re.compile(r"solutions/|['\"]solutions['\"]|__file__\)?\.parents?|gradebook"),
-     "reading the course's files (solutions, gradebook)"),
+    (
+        re.compile(r"\bchecks?\.\w+\s*=(?!=)|setattr\(\s*checks?\b|import\s+[\w.]*checks\b"),
+        "rebinding or importing the course's checks",
+    ),
+    (
+        re.compile(r"solutions/|['\"]solutions['\"]|__file__\)?\.parents?|gradebook"),
+        "reading the course's files (solutions, gradebook)",
+    ),
     (re.compile(r"getppid|os\.kill|killpg|setsid|os\.fork|daemon"), "signalling or escaping the grader's processes"),
     (re.compile(r"\bsocket\b|urllib|requests\.|http\.client"), "using the network"),
 ]
@@ -474,8 +516,11 @@ def suspicious_code(nb: NotebookNode) -> list[str]:
             for pattern, what in SUSPICIOUS:
                 if pattern.search(line):
                     found.setdefault(what, []).append(f"{execute.label(cell, index)} line {number}")
-    return [f"flagged for the instructor: code that looks like {what} ({', '.join(places[:3])}"
-            f"{' ...' if len(places) > 3 else ''})" for what, places in found.items()]
+    return [
+        f"flagged for the instructor: code that looks like {what} ({', '.join(places[:3])}"
+        f"{' ...' if len(places) > 3 else ''})"
+        for what, places in found.items()
+    ]
 
 
 #: Messages the box's stand-ins give when student code reaches for what it hides (see :mod:`.sandbox`).
@@ -483,10 +528,21 @@ HIDDEN_MESSAGES = ("is not available while your notebook is graded", "checks run
 
 
 def reached_for_hidden(nb: NotebookNode) -> list[str]:
-    cells = [execute.label(c, i) for i, c in enumerate(nb.cells) if c.cell_type == "code" and not is_test(c)
-             and any(m in json.dumps(o) for o in c.get("outputs", []) for m in HIDDEN_MESSAGES)]
-    return [f"flagged for the instructor: the code reached for the hidden reference answers or checks "
-            f"({', '.join(cells[:3])})"] if cells else []
+    cells = [
+        execute.label(c, i)
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code"
+        and not is_test(c)
+        and any(m in json.dumps(o) for o in c.get("outputs", []) for m in HIDDEN_MESSAGES)
+    ]
+    return (
+        [
+            f"flagged for the instructor: the code reached for the hidden reference answers or checks "
+            f"({', '.join(cells[:3])})"
+        ]
+        if cells
+        else []
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -504,8 +560,15 @@ def _seal_key(out: Path) -> bytes:
 
 
 def _sealed_content(nb: NotebookNode) -> bytes:
-    cells = [{"type": c.cell_type, "source": c.source, "outputs": c.get("outputs", []),
-              "grade_id": (c.get("metadata", {}).get("nbgrader") or {}).get("grade_id")} for c in nb.cells]
+    cells = [
+        {
+            "type": c.cell_type,
+            "source": c.source,
+            "outputs": c.get("outputs", []),
+            "grade_id": (c.get("metadata", {}).get("nbgrader") or {}).get("grade_id"),
+        }
+        for c in nb.cells
+    ]
     return json.dumps(cells, sort_keys=True).encode()
 
 
@@ -598,13 +661,18 @@ def stage2_config(out_dir: Path):
 
 
 def _write_nbgrader_config(out_dir: Path) -> None:
-    lines = ['"""nbgrader configuration written by `mechinterp-course grade` (mechinterp_course.instructor.grade).',
-             "",
-             "The notebooks in submitted/ were executed and their checks judged by `mechinterp-course grade`, in a",
-             "sandbox; autograde scores their recorded outputs and never runs student code here. A notebook that",
-             "`mechinterp-course grade` did not execute (no valid seal) is refused, with a message saying what to",
-             "run. Feedback hides hidden tests and shortens tracebacks.",
-             '"""', "", "c = get_config()  # noqa: F821", ""]
+    lines = [
+        '"""nbgrader configuration written by `mechinterp-course grade` (mechinterp_course.instructor.grade).',
+        "",
+        "The notebooks in submitted/ were executed and their checks judged by `mechinterp-course grade`, in a",
+        "sandbox; autograde scores their recorded outputs and never runs student code here. A notebook that",
+        "`mechinterp-course grade` did not execute (no valid seal) is refused, with a message saying what to",
+        "run. Feedback hides hidden tests and shortens tracebacks.",
+        '"""',
+        "",
+        "c = get_config()  # noqa: F821",
+        "",
+    ]
     for section, values in NBGRADER_SETTINGS.items():
         for name, value in values.items():
             lines.append(f"c.{section}.{name} = {value!r}")
@@ -660,11 +728,22 @@ def _export_csv(db_url: str, chapter: str, path: Path) -> None:
 def _write_problems_csv(report: GradeReport) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["student_id", "file", "auto_score", "max_auto_score", "score", "max_score",
-                     "needs_manual_grade", "problems"])
+    writer.writerow(
+        ["student_id", "file", "auto_score", "max_auto_score", "score", "max_score", "needs_manual_grade", "problems"]
+    )
     for r in report.students:
-        writer.writerow([r.student_id, r.source or "", f"{r.auto_score:g}", f"{r.max_auto_score:g}", f"{r.score:g}",
-                         f"{r.max_score:g}", "yes" if r.needs_manual_grade else "no", " | ".join(r.problems)])
+        writer.writerow(
+            [
+                r.student_id,
+                r.source or "",
+                f"{r.auto_score:g}",
+                f"{r.max_auto_score:g}",
+                f"{r.score:g}",
+                f"{r.max_score:g}",
+                "yes" if r.needs_manual_grade else "no",
+                " | ".join(r.problems),
+            ]
+        )
     report.problems_csv.write_text(buffer.getvalue())
 
 
@@ -677,9 +756,16 @@ def _package_dir() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def grade(chapter: str, paths: list[str | os.PathLike], out_dir: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT_S,
-          course_dir: str | os.PathLike | None = None, progress=None, jobs: int | None = None,
-          limits: sandbox.Limits | None = None) -> GradeReport:
+def grade(
+    chapter: str,
+    paths: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    course_dir: str | os.PathLike | None = None,
+    progress=None,
+    jobs: int | None = None,
+    limits: sandbox.Limits | None = None,
+) -> GradeReport:
     """Grade every submission under ``paths`` for ``chapter`` into ``out_dir`` (module docstring). ``jobs``
     notebooks run at once (default: the number of cores); ``limits`` bound student code (:class:`Limits`).
     ``progress`` is an optional callable given one line of text per step. Raises :class:`CourseError` for bad
@@ -696,8 +782,9 @@ def grade(chapter: str, paths: list[str | os.PathLike], out_dir: str | os.PathLi
     chapter = resolve_chapter(chapter, root)
     package = short_name(chapter)
     if not (_package_dir() / package / "checks.py").is_file():
-        raise CourseError(f"Chapter {chapter} has no checks (mechinterp_course/{package}/checks.py): it cannot be "
-                          f"graded.")
+        raise CourseError(
+            f"Chapter {chapter} has no checks (mechinterp_course/{package}/checks.py): it cannot be graded."
+        )
     submissions = collect_submissions(paths, chapter)
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
@@ -722,13 +809,20 @@ def grade(chapter: str, paths: list[str | os.PathLike], out_dir: str | os.PathLi
     warnings_: list[str] = []
     committed = root / "chapters" / chapter / f"{chapter}.ipynb"
     if committed.is_file() and committed.read_bytes() != release_bytes:
-        warnings_.append(f"{committed} differs from a fresh build of solutions/{chapter}: students may have a "
-                         f"different notebook from the one graded against (run `mechinterp-course build`)")
+        warnings_.append(
+            f"{committed} differs from a fresh build of solutions/{chapter}: students may have a "
+            f"different notebook from the one graded against (run `mechinterp-course build`)"
+        )
 
     # Stage 1a: read, repair, sanitise (no student code runs here).
     files = {p.name: str(p) for p in release_dir.iterdir() if p.is_file() and p.suffix != ".ipynb"}
     limits = limits or sandbox.Limits()
-    settings = {"timeout": float(timeout), "limits": limits.__dict__, "package": package, "package_dir": str(_package_dir())}
+    settings = {
+        "timeout": float(timeout),
+        "limits": limits.__dict__,
+        "package": package,
+        "package_dir": str(_package_dir()),
+    }
     tasks, reused = [], []
     for sub in submissions:
         notes = list(sub.problems)
@@ -746,8 +840,9 @@ def grade(chapter: str, paths: list[str | os.PathLike], out_dir: str | os.PathLi
                 try:
                     nb = sanitise(nb, chapter, db_url)
                 except Exception as error:  # noqa: BLE001 - a broken notebook is graded as empty, with the reason
-                    notes.append(f"nbgrader could not check the notebook's cells ({error}); graded as an empty "
-                                 f"notebook")
+                    notes.append(
+                        f"nbgrader could not check the notebook's cells ({error}); graded as an empty notebook"
+                    )
                     nb, run = _empty_submission(release, "the notebook's nbgrader metadata could not be checked"), False
         digest = _input_digest(nb, release_bytes, dict(settings, notes=notes, run=run))
         target = state / "executed" / f"{sub.student_id}.ipynb"
@@ -759,18 +854,33 @@ def grade(chapter: str, paths: list[str | os.PathLike], out_dir: str | os.PathLi
                     continue
             except Exception:  # noqa: BLE001 - an unreadable saved notebook is simply run again
                 pass
-        tasks.append({"student": sub.student_id, "notebook": nbformat.writes(nb), "notes": notes, "run": run,
-                      "input": digest, "target": str(target), "key": key.hex(), "timeout": timeout,
-                      "package": package, "files": files})
+        tasks.append(
+            {
+                "student": sub.student_id,
+                "notebook": nbformat.writes(nb),
+                "notes": notes,
+                "run": run,
+                "input": digest,
+                "target": str(target),
+                "key": key.hex(),
+                "timeout": timeout,
+                "package": package,
+                "files": files,
+            }
+        )
 
     # Stage 1b: run student code, jobs at a time, each notebook saved (sealed) as soon as it is done.
     boxes: list[dict] = []
     if reused:
         say(f"Reusing {len(reused)} notebook(s) already executed with the same inputs")
     if tasks:
-        plan = sandbox.Plan(course_root=str(root), package_dir=str(_package_dir()),
-                            hide=[str(out), *{str(Path(p).resolve()) for p in paths}],
-                            stub_dir=str(state / "stubs"), limits=limits)
+        plan = sandbox.Plan(
+            course_root=str(root),
+            package_dir=str(_package_dir()),
+            hide=[str(out), *{str(Path(p).resolve()) for p in paths}],
+            stub_dir=str(state / "stubs"),
+            limits=limits,
+        )
         threads = max(1, cores // min(jobs, len(tasks)))
         gradebook_path = out / GRADEBOOK
         snapshot = gradebook_path.read_bytes()
@@ -782,8 +892,11 @@ def grade(chapter: str, paths: list[str | os.PathLike], out_dir: str | os.PathLi
         started = time.perf_counter()
         done = 0
         with concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=_init_worker,
-                initargs=(slots, plan, str(state), threads, _passthrough_env())) as pool:
+            max_workers=workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(slots, plan, str(state), threads, _passthrough_env()),
+        ) as pool:
             futures = {pool.submit(_run_one, task): task for task in tasks}
             for future in concurrent.futures.as_completed(futures):
                 task = futures[future]
@@ -839,8 +952,17 @@ def grade(chapter: str, paths: list[str | os.PathLike], out_dir: str | os.PathLi
         _read_scores(result, db_url, chapter)
         results.append(result)
 
-    report = GradeReport(chapter, out, out / GRADEBOOK, out / GRADES_CSV, out / PROBLEMS_CSV, results, warnings_,
-                         protections=protections, missing_protections=missing)
+    report = GradeReport(
+        chapter,
+        out,
+        out / GRADEBOOK,
+        out / GRADES_CSV,
+        out / PROBLEMS_CSV,
+        results,
+        warnings_,
+        protections=protections,
+        missing_protections=missing,
+    )
     _export_csv(db_url, chapter, report.grades_csv)
     _write_problems_csv(report)
     return report
@@ -865,10 +987,12 @@ def _box_summary(boxes: list[dict]) -> tuple[list[str], list[str]]:
 # nbgrader preprocessors (named in NBGRADER_SETTINGS)
 # --------------------------------------------------------------------------------------------------------------
 
-REFUSAL = ("this notebook was not executed by `mechinterp-course grade`: this folder is graded with "
-           "`mechinterp-course grade CHAPTER SUBMISSIONS --out {out}`, which runs each notebook in a sandbox and "
-           "judges its checks; nbgrader autograde here only scores notebooks that command executed (it never runs "
-           "student code in the course folder)")
+REFUSAL = (
+    "this notebook was not executed by `mechinterp-course grade`: this folder is graded with "
+    "`mechinterp-course grade CHAPTER SUBMISSIONS --out {out}`, which runs each notebook in a sandbox and "
+    "judges its checks; nbgrader autograde here only scores notebooks that command executed (it never runs "
+    "student code in the course folder)"
+)
 
 
 def _nbgrader_preprocessors():

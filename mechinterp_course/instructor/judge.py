@@ -61,8 +61,7 @@ class KernelFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         path = self.kernel.exchange_file(wire.dump_call(args, kwargs))
-        code = (f"__import__('mechinterp_course.instructor.probe', fromlist=['call']).call({self.name!r}, "
-                f"{path!r})")
+        code = f"__import__('mechinterp_course.instructor.probe', fromlist=['call']).call({self.name!r}, {path!r})"
         try:
             message = self.kernel.probe(code, self.judge.timeout)
         except TimeoutError as error:
@@ -75,8 +74,12 @@ class KernelFunction:
                 changed = wire.decode(message["changed"])
                 for index, value in changed.items():
                     original = args[int(index)]
-                    if isinstance(original, torch.Tensor) and isinstance(value, torch.Tensor) and \
-                            value.shape == original.shape and value.dtype == original.dtype:
+                    if (
+                        isinstance(original, torch.Tensor)
+                        and isinstance(value, torch.Tensor)
+                        and value.shape == original.shape
+                        and value.dtype == original.dtype
+                    ):
                         original.copy_(value)
             except (wire.WireError, ValueError, KeyError, IndexError):
                 pass
@@ -111,7 +114,7 @@ class IsolatedFunction:
 
 
 #: What the isolated box runs: read the wire module's source, then the student's cell, then calls, from stdin.
-_ISOLATED_RUNNER = r'''
+_ISOLATED_RUNNER = r"""
 import base64, json, struct, sys, types
 def read():
     size = struct.unpack(">I", sys.stdin.buffer.read(4))[0]
@@ -139,7 +142,7 @@ while True:
         send({"ok": wire.encode(namespace[request["name"]](*args, **kwargs))})
     except BaseException as error:
         send({"error": {"kinds": [k.__name__ for k in type(error).__mro__][:-1], "message": str(error)[:4000]}})
-'''
+"""
 
 
 def defining_source(nb: NotebookNode, before: int, name: str) -> str:
@@ -199,10 +202,15 @@ class Judge:
         except execute.KernelDied:
             raise
         except Exception as error:  # noqa: BLE001 - a check that cannot read an answer is still a failed cell
-            self.problems.append(f"{execute.label(nb.cells[index], index)}: the check stopped with "
-                                 f"{type(error).__name__}: {error}")
-            return self._outputs(stdout, execute.error_output(
-                "CheckFailed", f"the check could not use your answer ({type(error).__name__}: {error})"))
+            self.problems.append(
+                f"{execute.label(nb.cells[index], index)}: the check stopped with {type(error).__name__}: {error}"
+            )
+            return self._outputs(
+                stdout,
+                execute.error_output(
+                    "CheckFailed", f"the check could not use your answer ({type(error).__name__}: {error})"
+                ),
+            )
         finally:
             self._stop_isolated()
         return self._outputs(stdout, None)
@@ -228,14 +236,16 @@ class Judge:
         if isinstance(node, ast.Constant):
             return node.value
         name = node.id
-        described = kernel.probe(f"__import__('mechinterp_course.instructor.probe', fromlist=['x']).describe({name!r})",
-                                 self.timeout)
+        described = kernel.probe(
+            f"__import__('mechinterp_course.instructor.probe', fromlist=['x']).describe({name!r})", self.timeout
+        )
         if not described.get("defined"):
             raise CheckFailed(f"`{name}` is not defined: run the cell that defines it (did it raise an error?).")
         if described.get("callable"):
             return KernelFunction(kernel, name, self)
-        message = kernel.probe(f"__import__('mechinterp_course.instructor.probe', fromlist=['x']).fetch({name!r})",
-                               self.timeout)
+        message = kernel.probe(
+            f"__import__('mechinterp_course.instructor.probe', fromlist=['x']).fetch({name!r})", self.timeout
+        )
         if "error" in message:
             error = message["error"]
             raise CheckFailed(f"the grader could not read `{name}`: {error.get('message', '')}")
@@ -267,13 +277,19 @@ class Judge:
             root.mkdir(parents=True, exist_ok=True)
             uid = self.slot.uid
             env = self.slot.env("/tmp/isolated")
-            spec = self.slot.plan.spec(work_dir="/tmp/isolated", ipc_dir=str(root), uid=uid, env=env,
-                                       isolate=True)
+            spec = self.slot.plan.spec(work_dir="/tmp/isolated", ipc_dir=str(root), uid=uid, env=env, isolate=True)
             spec.write(root / "spec.json")
-            command = [sys.executable, "-m", "mechinterp_course.instructor.sandbox", str(root / "spec.json"), "--",
-                       *command]
-        self._isolated = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.DEVNULL, start_new_session=True)
+            command = [
+                sys.executable,
+                "-m",
+                "mechinterp_course.instructor.sandbox",
+                str(root / "spec.json"),
+                "--",
+                *command,
+            ]
+        self._isolated = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         self._isolated_for = source
         self._send({"wire": Path(wire.__file__).read_text()})
         self._send({"source": source})
@@ -281,9 +297,11 @@ class Judge:
         if "error" in ready:
             self._stop_isolated()
             error = ready["error"]
-            raise StudentError(error.get("kinds") or ["Exception"],
-                               f"the cell that defines {what} failed when run on its own (it may use only torch, "
-                               f"einops, math and plain Python): {error.get('message', '')}")
+            raise StudentError(
+                error.get("kinds") or ["Exception"],
+                f"the cell that defines {what} failed when run on its own (it may use only torch, "
+                f"einops, math and plain Python): {error.get('message', '')}",
+            )
 
     def _send(self, message: dict) -> None:
         data = json.dumps(message).encode()

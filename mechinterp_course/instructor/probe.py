@@ -88,8 +88,11 @@ def call(name: str, args_file: str) -> None:
         message = _error(error)
     finally:
         reached, record.reached = sorted(record.reached or ()), None
-    changed = {str(i): a for i, (a, b) in enumerate(zip(args, before))
-               if b is not None and (a.shape != b.shape or not torch.equal(a, b))}
+    changed = {
+        str(i): a
+        for i, (a, b) in enumerate(zip(args, before))
+        if b is not None and (a.shape != b.shape or not torch.equal(a, b))
+    }
     message["reached"] = reached
     if changed:
         try:

@@ -206,9 +206,14 @@ def _build_filesystem(spec: Spec, status: dict) -> None:
 
 
 def _limit(spec: Limits) -> None:
-    for which, value in [(resource.RLIMIT_AS, spec.memory_mb * MIB), (resource.RLIMIT_NPROC, spec.processes),
-                         (resource.RLIMIT_FSIZE, spec.file_mb * MIB), (resource.RLIMIT_CPU, spec.cpu_seconds),
-                         (resource.RLIMIT_NOFILE, spec.open_files), (resource.RLIMIT_CORE, 0)]:
+    for which, value in [
+        (resource.RLIMIT_AS, spec.memory_mb * MIB),
+        (resource.RLIMIT_NPROC, spec.processes),
+        (resource.RLIMIT_FSIZE, spec.file_mb * MIB),
+        (resource.RLIMIT_CPU, spec.cpu_seconds),
+        (resource.RLIMIT_NOFILE, spec.open_files),
+        (resource.RLIMIT_CORE, 0),
+    ]:
         resource.setrlimit(which, (value, value))
 
 
@@ -301,7 +306,8 @@ def _init(spec: Spec, command: list[str], uid: int | None) -> int:
 #: that belong to an account of the machine.
 UID_BASE = 64000
 
-REFERENCE_STUB = '''"""Hidden while a notebook is graded: the grader keeps the course's reference answers from student code."""
+REFERENCE_STUB = '''"""Hidden while a notebook is graded: the grader keeps the course's reference answers from
+student code."""
 
 EXERCISES: dict = {}
 ANSWER_KEYS: dict = {}
@@ -314,7 +320,8 @@ def __getattr__(name):
     raise ImportError(f"the reference answer {name!r} is not available while your notebook is graded")
 '''
 
-CHECKS_STUB = '''"""Hidden while a notebook is graded: the grader runs the checks in its own process, not in the notebook."""
+CHECKS_STUB = '''"""Hidden while a notebook is graded: the grader runs the checks in its own process, not in the
+notebook."""
 
 
 def __getattr__(name):
@@ -359,9 +366,18 @@ class Plan:
         paths = {sys.prefix, sys.base_prefix, self.package_dir, os.path.dirname(os.path.realpath(sys.executable))}
         return sorted(os.path.realpath(p) for p in paths)
 
-    def spec(self, *, work_dir: str, ipc_dir: str, uid: int | None, env: dict[str, str],
-             files: dict[str, str] | None = None, chown: list[str] | None = None, status_file: str | None = None,
-             isolate: bool = False) -> Spec:
+    def spec(
+        self,
+        *,
+        work_dir: str,
+        ipc_dir: str,
+        uid: int | None,
+        env: dict[str, str],
+        files: dict[str, str] | None = None,
+        chown: list[str] | None = None,
+        status_file: str | None = None,
+        isolate: bool = False,
+    ) -> Spec:
         """The box of one kernel (or, with ``isolate``, of a function that may see its arguments only: the whole
         library is hidden, not just its answers)."""
         cover = [self.course_root, *self.hide]
@@ -377,9 +393,20 @@ class Plan:
                     if not os.stat(ancestor).st_mode & 0o001:
                         cover.append(str(ancestor))
         blank = [] if isolate else [str(p) for p in Path(self.package_dir).rglob("__pycache__")]
-        return Spec(work_dir=work_dir, ipc_dir=ipc_dir, files=files or {}, cover=cover, keep=keep,
-                    stubs={} if isolate else self.stubs(), blank=blank, uid=uid, chown=chown or [], env=env,
-                    limits=self.limits, status_file=status_file)
+        return Spec(
+            work_dir=work_dir,
+            ipc_dir=ipc_dir,
+            files=files or {},
+            cover=cover,
+            keep=keep,
+            stubs={} if isolate else self.stubs(),
+            blank=blank,
+            uid=uid,
+            chown=chown or [],
+            env=env,
+            limits=self.limits,
+            status_file=status_file,
+        )
 
 
 def slot_uid(slot: int) -> int | None:
@@ -406,20 +433,27 @@ def report(status: dict) -> list[str]:
     """The protections in force, one line each."""
     lines = []
     if status.get("namespaces"):
-        lines.append("its own PID namespace: the kernel and everything it starts end together; the grader is out of "
-                     "sight and reach")
+        lines.append(
+            "its own PID namespace: the kernel and everything it starts end together; the grader is out of "
+            "sight and reach"
+        )
         lines.append("its own network namespace: no network at all")
     if status.get("hidden"):
-        lines.append("its own mount namespace: solutions/, the reference answers and checks, the gradebook and the "
-                     "submissions are hidden")
+        lines.append(
+            "its own mount namespace: solutions/, the reference answers and checks, the gradebook and the "
+            "submissions are hidden"
+        )
     if status.get("uid") is not None:
-        lines.append(f"a user of its own (uid {status['uid']}): cannot write the installed library or signal the "
-                     f"grader")
+        lines.append(
+            f"a user of its own (uid {status['uid']}): cannot write the installed library or signal the grader"
+        )
     limits = status.get("limits") or {}
     if limits:
-        lines.append(f"limits: {limits['memory_mb']} MB of address space, {limits['processes']} processes, files "
-                     f"up to {limits['file_mb']} MB, {limits['cpu_seconds']} s of CPU time, {limits['tmp_mb']} MB "
-                     f"private /tmp")
+        lines.append(
+            f"limits: {limits['memory_mb']} MB of address space, {limits['processes']} processes, files "
+            f"up to {limits['file_mb']} MB, {limits['cpu_seconds']} s of CPU time, {limits['tmp_mb']} MB "
+            f"private /tmp"
+        )
     return lines
 
 
@@ -427,8 +461,10 @@ def missing(status: dict) -> list[str]:
     """The protections that could not be had, one line each (empty when the box is complete)."""
     lines = []
     if not status.get("namespaces"):
-        lines.append("no namespaces (needs root or user namespaces): student code shares the network, can see the "
-                     "course's files (solutions, reference answers) and the grader's processes")
+        lines.append(
+            "no namespaces (needs root or user namespaces): student code shares the network, can see the "
+            "course's files (solutions, reference answers) and the grader's processes"
+        )
     elif not status.get("hidden"):
         lines.append("no private filesystem: student code can read the course's files")
     if status.get("uid") is None:
