@@ -15,6 +15,8 @@ import tempfile
 
 import pytest
 
+from mechinterp_course.checking import CheckFailed, ExerciseRecord, using_record
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -108,3 +110,35 @@ def no_network(request, monkeypatch):
             "network access was attempted (refused, but it must not happen offline):\n  " + "\n  ".join(seen),
             pytrace=False,
         )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Calling checks as a notebook's test cells do
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def fresh_record():
+    """Each test starts with nothing passed, as a fresh notebook does (the record of passes is per kernel)."""
+    with using_record(ExerciseRecord()) as record:
+        yield record
+
+
+def own(fn):
+    """A reference function as a student's own: a closure, which the provenance checks do not follow (they refuse
+    the library's function itself and one-line wrappers that name it)."""
+    return lambda *args, **kwargs: fn(*args, **kwargs)
+
+
+def fails(check, *answers, match: str, hidden: str | None = None) -> str:
+    """Run ``check`` on ``answers``; it must fail with a message matching the regular expression ``match``.
+    Returns the message."""
+    with pytest.raises(CheckFailed, match=match) as failure:
+        check(*answers, hidden=hidden)
+    return str(failure.value)
+
+
+@pytest.fixture
+def record(fresh_record):
+    """The record of passes the current test runs with (see ``fresh_record``)."""
+    return fresh_record

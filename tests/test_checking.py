@@ -12,6 +12,7 @@ import functools
 
 import pytest
 import torch
+from conftest import fails, own  # noqa: E402 - the suite's shared helpers
 
 from mechinterp_course import checking, circuits
 from mechinterp_course.checking import CheckFailed, ExerciseRecord, exercise, using_record
@@ -19,24 +20,6 @@ from mechinterp_course.checking.core import seed_for
 from mechinterp_course.circuits import checks as check
 from mechinterp_course.circuits import reference
 from mechinterp_course.circuits.reference import previous_token_scores as imported_reference
-
-
-def own(fn):
-    """A reference answer as a student's function (a closure is not followed by the provenance checks: that is how
-    a test harness stands a reference in for an answer)."""
-    return lambda *args, **kwargs: fn(*args, **kwargs)
-
-
-def fails(checker, *answers, match: str):
-    with pytest.raises(CheckFailed, match=match) as failure:
-        checker(*answers)
-    return str(failure.value)
-
-
-@pytest.fixture(autouse=True)
-def record():
-    with using_record(ExerciseRecord()) as fresh:
-        yield fresh
 
 
 def honest_previous_token_scores(pattern):

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from mechinterp_course import circuits, models, tasks
-from mechinterp_course.checking import CheckFailed, ExerciseRecord, using_record
+from mechinterp_course.checking import CheckFailed
 from mechinterp_course.circuits import checks as check
 from mechinterp_course.circuits import reference
 
@@ -31,23 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "solutions" / "01_circuits" / "01_circuits.ipynb"
 
 
-def own(fn):
-    """A reference answer as a student's function (a closure: the checks refuse the library's own functions and
-    one-line wrappers that name them)."""
-    return lambda *args, **kwargs: fn(*args, **kwargs)
-
-
-def fails(checker, *answers, match: str):
-    with pytest.raises(CheckFailed, match=match) as failure:
-        checker(*answers)
-    return str(failure.value)
-
-
-@pytest.fixture(autouse=True)
-def fresh_record():
-    """Each test starts with nothing passed (the record is per kernel in a notebook)."""
-    with using_record(ExerciseRecord()) as record:
-        yield record
+from conftest import fails, own  # noqa: E402 - the suite's shared helpers
 
 
 @pytest.fixture(scope="module")

@@ -17,32 +17,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import fails as fails_with  # noqa: E402 - the suite's shared helpers
+from conftest import own as student  # noqa: E402
 
 from mechinterp_course import grokking, models, recipes, tasks
-from mechinterp_course.checking import CheckFailed, ExerciseRecord, exercise, using_record
+from mechinterp_course.checking import CheckFailed, exercise
 from mechinterp_course.grokking import checks, reference
 
 
-@pytest.fixture(autouse=True)
-def record():
-    """Each test starts with nothing passed (a fresh notebook)."""
-    with using_record(ExerciseRecord()) as fresh:
-        yield fresh
-
-
-def student(fn):
-    """``fn`` (a reference) wrapped so that it looks like a student's own function: a closure of this module."""
-
-    def own(*args, **kwargs):
-        return fn(*args, **kwargs)
-
-    return own
-
-
-def fails(check, *answers, match: str, hidden: str | None = None):
+def fails(check, *answers, match: str, hidden: str | None = None) -> str:
     """The check fails, with a message that says ``match`` (a plain phrase, not a regular expression)."""
-    with pytest.raises(CheckFailed, match=re.escape(match)):
-        check(*answers, hidden=hidden)
+    return fails_with(check, *answers, match=re.escape(match), hidden=hidden)
 
 
 def passes(check, *answers, capsys, hidden: str | None = None):

@@ -31,15 +31,7 @@ DECK = Path(__file__).resolve().parents[2] / "shared" / "deck" / "mechinterp-dec
 NOTEBOOK = ROOT / "solutions" / "00_history" / "00_history.ipynb"
 
 
-def own(fn):
-    """A reference function as a student's own (a closure: the checks refuse the library's function itself)."""
-    return lambda *args, **kwargs: fn(*args, **kwargs)
-
-
-def fails(check_fn, *answer, match: str):
-    with pytest.raises(CheckFailed, match=match) as error:
-        check_fn(*answer)
-    return str(error.value)
+from conftest import fails, own  # noqa: E402 - the suite's shared helpers
 
 
 @pytest.fixture(scope="module")
