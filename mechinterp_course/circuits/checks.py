@@ -54,6 +54,9 @@ from .studies import CIRCUIT_STUDIES
 MODEL = "induction-2l"
 #: The notebook runs with gradients off (its setup cell); the grader runs the checks the same way.
 NOTEBOOK_GRAD_ENABLED = False
+#: Checks whose student functions may see their arguments only: when graded they run in a process of their own,
+#: which the grader starts ahead of time (``instructor.judge``).
+ISOLATED_CHECKS = ("counterexample",)
 #: The notebook's probe: BOS + HALF_LEN random tokens + the same tokens again.
 HALF_LEN = 30
 

@@ -591,6 +591,9 @@ _worker_slot: execute.Slot | None = None
 
 def _init_worker(slots, plan: sandbox.Plan, state: str, threads: int, extra_env: dict) -> None:
     global _worker_slot
+    import torch
+
+    torch.set_num_threads(threads)  # the judge's share of the cores, like its kernel's
     index = slots.get()
     root = Path(state) / "slots" / str(index)
     root.mkdir(parents=True, exist_ok=True)
@@ -609,9 +612,11 @@ def _run_one(task: dict) -> dict:
         judge = Judge(task["package"], timeout=task["timeout"], slot=_worker_slot)
         kernel = execute.Kernel(_worker_slot, task["files"])
         try:
+            judge.prepare(nb)
             notes += execute.run_notebook(nb, kernel, judge, timeout=task["timeout"])
         finally:
             kernel.close()
+            judge.close()
         status = kernel.status
         notes += [f"grading problem: {p}" for p in judge.problems]
         notes += suspicious_code(nb) + reached_for_hidden(nb)
@@ -869,10 +874,24 @@ def grade(
             }
         )
 
-    # Stage 1b: run student code, jobs at a time, each notebook saved (sealed) as soon as it is done.
+    # Stage 1b, run student code, jobs at a time, each notebook saved (sealed) as soon as it is done; and stage 2,
+    # nbgrader autograde (scores the recorded outputs) and feedback, for each student as soon as their notebook is
+    # saved (while the other notebooks run). Without the sandbox's own user (not root) student code could reach the
+    # gradebook: stage 2 then waits for the batch, and a gradebook changed meanwhile is restored.
+    config = stage2_config(out)
+    by_student: dict[str, StudentResult] = {}
+    submission_of = {sub.student_id: sub for sub in submissions}
+    interleave = os.geteuid() == 0
+
+    def stage2(student: str) -> None:
+        by_student[student] = _stage2_one(submission_of[student], out, chapter, config, db_url)
+
     boxes: list[dict] = []
     if reused:
         say(f"Reusing {len(reused)} notebook(s) already executed with the same inputs")
+        for student in reused:
+            stage2(student)
+    finished: list[str] = []
     if tasks:
         plan = sandbox.Plan(
             course_root=str(root),
@@ -890,7 +909,6 @@ def grade(
         for index in range(workers):
             slots.put(index)
         started = time.perf_counter()
-        done = 0
         with concurrent.futures.ProcessPoolExecutor(
             max_workers=workers,
             mp_context=context,
@@ -900,7 +918,6 @@ def grade(
             futures = {pool.submit(_run_one, task): task for task in tasks}
             for future in concurrent.futures.as_completed(futures):
                 task = futures[future]
-                done += 1
                 try:
                     result = future.result()
                     boxes.append(result["box"])
@@ -914,43 +931,23 @@ def grade(
                     nb.metadata[SEAL_METADATA]["notes"] = notes
                     nbformat.write(nb, task["target"])
                     what = "failed"
-                elapsed = time.perf_counter() - started
-                left = (len(tasks) - done) * elapsed / done
+                finished.append(task["student"])
+                if interleave:
+                    stage2(task["student"])
+                done = len(finished)
+                left = (len(tasks) - done) * (time.perf_counter() - started) / done
                 say(f"[{done}/{len(tasks)}] {task['student']} ({what}); about {left:.0f} s left")
-        if not gradebook_path.is_file() or gradebook_path.read_bytes() != snapshot:
+        if not gradebook_path.is_file() or (not interleave and gradebook_path.read_bytes() != snapshot):
             gradebook_path.write_bytes(snapshot)
             warnings_.append(f"{gradebook_path} was changed while student code ran; it was restored")
+    for student in finished:
+        if student not in by_student:
+            stage2(student)
 
     protections, missing = _box_summary(boxes)
     if boxes and missing:
         warnings_.append("student code ran with protections missing: " + "; ".join(missing))
-
-    # Stage 2: nbgrader autograde (scores the recorded outputs), feedback, export.
-    config = stage2_config(out)
-    from nbgrader.converters import Autograde, GenerateFeedback
-
-    results = []
-    for sub in submissions:
-        say(f"Grading {sub.student_id}")
-        executed = nbformat.read(state / "executed" / f"{sub.student_id}.ipynb", as_version=4)
-        notes = list((executed.metadata.get(SEAL_METADATA) or {}).get("notes") or [])
-        result = StudentResult(sub.student_id, sub.path, problems=notes)
-        folder = out / "submitted" / sub.student_id / chapter
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        nbformat.write(executed, folder / f"{chapter}.ipynb")
-        failure = run_converter(Autograde, config, chapter, sub.student_id)
-        if failure:
-            result.problems.append(f"grading problem: nbgrader autograde failed ({failure})")
-        else:
-            failure = run_converter(GenerateFeedback, config, chapter, sub.student_id)
-            feedback = out / "feedback" / sub.student_id / chapter / f"{chapter}.html"
-            if feedback.is_file() and not failure:
-                result.feedback = feedback
-            else:
-                result.problems.append(f"grading problem: no feedback ({failure or 'nbgrader wrote none'})")
-        _read_scores(result, db_url, chapter)
-        results.append(result)
+    results = [by_student[sub.student_id] for sub in submissions]
 
     report = GradeReport(
         chapter,
@@ -966,6 +963,31 @@ def grade(
     _export_csv(db_url, chapter, report.grades_csv)
     _write_problems_csv(report)
     return report
+
+
+def _stage2_one(sub: Submission, out: Path, chapter: str, config, db_url: str) -> StudentResult:
+    """nbgrader autograde and feedback for one student whose executed notebook is saved; their result."""
+    from nbgrader.converters import Autograde, GenerateFeedback
+
+    executed = nbformat.read(out / STATE_DIR / "executed" / f"{sub.student_id}.ipynb", as_version=4)
+    notes = list((executed.metadata.get(SEAL_METADATA) or {}).get("notes") or [])
+    result = StudentResult(sub.student_id, sub.path, problems=notes)
+    folder = out / "submitted" / sub.student_id / chapter
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    nbformat.write(executed, folder / f"{chapter}.ipynb")
+    failure = run_converter(Autograde, config, chapter, sub.student_id)
+    if failure:
+        result.problems.append(f"grading problem: nbgrader autograde failed ({failure})")
+    else:
+        failure = run_converter(GenerateFeedback, config, chapter, sub.student_id)
+        feedback = out / "feedback" / sub.student_id / chapter / f"{chapter}.html"
+        if feedback.is_file() and not failure:
+            result.feedback = feedback
+        else:
+            result.problems.append(f"grading problem: no feedback ({failure or 'nbgrader wrote none'})")
+    _read_scores(result, db_url, chapter)
+    return result
 
 
 def _passthrough_env() -> dict[str, str]:

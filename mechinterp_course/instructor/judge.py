@@ -24,6 +24,8 @@ import contextlib
 import importlib
 import io
 import json
+import os
+import signal
 import struct
 import subprocess
 import sys
@@ -123,10 +125,10 @@ def send(message):
     data = json.dumps(message).encode()
     sys.stdout.buffer.write(struct.pack(">I", len(data)) + data)
     sys.stdout.buffer.flush()
+import functools, math
+import einops, numpy, torch  # before the first read: a runner started ahead of time is ready when it is needed
 wire = types.ModuleType("wire")
 exec(compile(read()["wire"], "wire.py", "exec"), wire.__dict__)
-import functools, math
-import einops, numpy, torch
 namespace = {"__name__": "__student__", "torch": torch, "einops": einops, "math": math, "np": numpy,
              "numpy": numpy, "functools": functools}
 try:
@@ -181,6 +183,7 @@ class Judge:
         self._index = 0
         self._isolated: subprocess.Popen | None = None
         self._isolated_for: str | None = None
+        self._spare: subprocess.Popen | None = None
 
     # -- one test cell -----------------------------------------------------------------------------------------
 
@@ -269,8 +272,28 @@ class Judge:
         except (wire.WireError, ValueError, KeyError) as error:
             raise StudentError(["TypeError"], f"the grader cannot read what {what} returned: {error}") from None
 
-    def _start_isolated(self, source: str, what: str) -> None:
+    def prepare(self, nb: NotebookNode) -> None:
+        """Start a runner for functions that may see their arguments only ahead of time (it imports torch while the
+        notebook's first cells run) if one of the notebook's test cells will need it: the checks module names those
+        checks in ``ISOLATED_CHECKS``. One runner serves one cell of one notebook, never two students."""
+        needed = set(getattr(self.checks, "ISOLATED_CHECKS", ()))
+        calls = []
+        for cell in nb.cells:
+            if execute.is_test(cell):
+                try:
+                    calls += [call.func.attr for call in export.test_cell_calls(cell.source)]
+                except export.ExportError:
+                    continue
+        if needed & set(calls) and self._spare is None:
+            self._spare = self._spawn()
+
+    def close(self) -> None:
         self._stop_isolated()
+        if self._spare is not None:
+            _kill(self._spare)
+            self._spare = None
+
+    def _spawn(self) -> subprocess.Popen:
         command = [sys.executable, "-I", "-c", _ISOLATED_RUNNER]
         if self.slot is not None:
             root = self.slot.root / "isolated"
@@ -287,9 +310,13 @@ class Judge:
                 "--",
                 *command,
             ]
-        self._isolated = subprocess.Popen(
+        return subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
         )
+
+    def _start_isolated(self, source: str, what: str) -> None:
+        self._stop_isolated()
+        self._isolated, self._spare = self._spare or self._spawn(), None
         self._isolated_for = source
         self._send({"wire": Path(wire.__file__).read_text()})
         self._send({"source": source})
@@ -332,12 +359,14 @@ class Judge:
 
     def _stop_isolated(self) -> None:
         if self._isolated is not None:
-            import os
-            import signal
-
-            with contextlib.suppress(OSError):
-                os.killpg(self._isolated.pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                self._isolated.wait(timeout=10)
+            _kill(self._isolated)
         self._isolated = None
         self._isolated_for = None
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """End a runner and everything in its box."""
+    with contextlib.suppress(OSError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        process.wait(timeout=10)
