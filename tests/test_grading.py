@@ -111,8 +111,8 @@ import mechinterp_course
 found = []
 candidates = [Path(mechinterp_course.__file__).parents[1] / "solutions", Path.cwd() / "solutions",
               Path.cwd().parent / "solutions"]
-candidates += [Path(p) for p in glob.glob("/*/*/solutions") + glob.glob("/*/solutions") + glob.glob("/tmp/**/solutions",
-               recursive=True)]
+candidates += [Path(p) for p in glob.glob("/*/*/solutions") + glob.glob("/*/solutions") + glob.glob("/*/.*/solutions")
+               + glob.glob("/home/*/*/solutions") + glob.glob("/tmp/**/solutions", recursive=True)]
 for folder in candidates:
     for path in glob.glob(str(folder / "*" / "*.ipynb")):
         for cell in json.load(open(path))["cells"]:
@@ -303,7 +303,19 @@ STUDENTS = [
 
 
 @pytest.fixture(scope="module")
-def batch(tmp_path_factory, listener):
+def decoy():
+    """Another copy of the course's solutions, in the grading user's home folder (where an instructor's own checkout
+    might be): the box must hide it too, not only the course being graded."""
+    folder = Path.home() / f".mechinterp-decoy-{os.getpid()}"
+    target = folder / "solutions" / CHAPTER
+    target.mkdir(parents=True)
+    shutil.copy(FIXTURES / "solutions" / CHAPTER / f"{CHAPTER}.ipynb", target)
+    yield folder
+    shutil.rmtree(folder)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, listener, decoy):
     tmp = tmp_path_factory.mktemp("grade")
     course = _course(tmp)
     out = tmp / "out"

@@ -14,12 +14,14 @@ The launcher reads the :class:`Spec`, builds the box, and runs the command insid
    started ends with it, double-forked or not, and the grader's processes are not visible at all.
 2. **A filesystem that hides the answers.** Every folder in :attr:`Spec.cover` is covered by an empty in-memory
    filesystem; the paths in :attr:`Spec.keep` below them are put back (the course's library and virtual
-   environment, the interpreter when it lives in an unreadable home folder). So the course folder shows only its
-   library: no ``solutions/``, no ``.git``, no tests; the grading folder (gradebook, other students' notebooks) and
-   the folders submissions were read from are empty. In the library, each chapter's generated ``reference.py`` and
-   its ``checks.py`` are replaced by stubs and every ``__pycache__`` is hidden (:attr:`Spec.stubs`), so no answer
-   can be imported or read. ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are small private in-memory folders, and the
-   kernel's working folder is a fresh copy of the released chapter folder there.
+   environment, the interpreter). The grader covers every top-level folder but the operating system's
+   (:data:`SYSTEM_FOLDERS`), so nothing of the machine's users is in sight (another copy of the course in a home
+   folder neither), and names the course folder, the grading folder and the submissions' folders too. So the course
+   folder shows only its library: no ``solutions/``, no ``.git``, no tests; the grading folder (gradebook, other
+   students' notebooks) and the folders submissions were read from are empty. In the library, each chapter's
+   generated ``reference.py`` and its ``checks.py`` are replaced by stubs and every ``__pycache__`` is hidden
+   (:attr:`Spec.stubs`), so no answer can be imported or read. ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are small
+   private in-memory folders, and the kernel's working folder is a fresh copy of the released chapter folder there.
 3. **Another user.** Run as root, the command runs as an unprivileged user id of its own (one per grading slot,
    :attr:`Spec.uid`): it cannot write the installed library, signal the grader, or read other slots' files.
 4. **Limits** (``setrlimit``): address space, number of processes, file size, CPU time, open files; no core files;
@@ -380,7 +382,10 @@ class Plan:
     ) -> Spec:
         """The box of one kernel (or, with ``isolate``, of a function that may see its arguments only: the whole
         library is hidden, not just its answers)."""
-        cover = [self.course_root, *self.hide]
+        # Everything but the system is hidden (another copy of the course elsewhere on the machine included); what
+        # the box needs is put back. The course folder, the grading folder and the submissions are named too, in
+        # case they sit inside a system folder.
+        cover = [*outside_the_system(), self.course_root, *self.hide]
         checkout = Path(self.package_dir).parent  # an editable install: the package's own checkout (solutions/, .git)
         if (checkout / "pyproject.toml").is_file():
             cover.append(str(checkout))
@@ -407,6 +412,22 @@ class Plan:
             limits=self.limits,
             status_file=status_file,
         )
+
+
+#: Top-level folders the box keeps: the operating system (programs, libraries, configuration, devices). Every other
+#: top-level folder (/home, /root, /work, /srv, /opt, /var, /run, /mnt, ...) is hidden unless it holds something the
+#: box needs (the interpreter, the course's library), which is put back alone.
+SYSTEM_FOLDERS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev", "proc", "sys", "tmp")
+
+
+def outside_the_system() -> list[str]:
+    """The top-level folders of ``/`` a box hides (:data:`SYSTEM_FOLDERS`); symbolic links (``/bin -> usr/bin``) are
+    left as they are, since they lead into the system."""
+    return sorted(
+        str(entry)
+        for entry in Path("/").iterdir()
+        if entry.name not in SYSTEM_FOLDERS and entry.is_dir() and not entry.is_symlink()
+    )
 
 
 def slot_uid(slot: int) -> int | None:
