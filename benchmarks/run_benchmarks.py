@@ -5,6 +5,7 @@ a batch of submissions is graded.
     ./course bench --only notebooks|recipes|grading
     ./course bench --only recipes --recipe modadd-113   # a long recipe (tens of minutes): only when named
     ./course bench --only grading --grading-chapter 01_circuits --copies 30
+    ./course bench --only class --grading-chapter 00_history --students 40
 
 Each solution notebook is executed in a fresh Jupyter kernel (as a student would run it: no sandbox, no grading);
 wall time is measured around the whole execution (kernel start included) and peak memory is the largest resident
@@ -168,6 +169,58 @@ def bench_grading(chapter: str, copies: int, notebook_seconds: float | None) -> 
     return out
 
 
+def bench_class(chapter: str, students: int, jobs: int) -> dict:
+    """A class from a Canvas download to the LMS files: ``students`` on a roster, one of them with no submission and
+    one with a PDF only, the rest handing in the solution notebook (two of them late), graded with ``--jobs``; then
+    the same command again (what an instructor runs after grading the written answers: nothing is executed)."""
+    import zipfile
+
+    from mechinterp_course.instructor import grade
+
+    source = (ROOT / "chapters" / chapter / f"{chapter}.ipynb").read_text()
+    solution = (ROOT / "solutions" / chapter / f"{chapter}.ipynb").read_text()
+    out: dict = {"chapter": chapter, "students": students, "jobs": jobs}
+    with tempfile.TemporaryDirectory() as tmp:
+        roster = ["Student,ID,SIS Login ID,Email"] + [
+            f'"Student{k:02d}, Ann",{1000 + k},s{k:02d},s{k:02d}@uni.edu' for k in range(students)
+        ]
+        (Path(tmp) / "roster.csv").write_text("\n".join(roster) + "\n")
+        with zipfile.ZipFile(Path(tmp) / "submissions.zip", "w") as archive:
+            for k in range(1, students):
+                late = "LATE_" if k in (1, 2) else ""
+                when = (2026, 11, 21, 9, 0, 0) if late else (2026, 11, 20, 9, 0, 0)
+                name = f"student{k:02d}ann_{late}{1000 + k}_{5000 + k}_"
+                if k == students - 1:
+                    archive.writestr(zipfile.ZipInfo(name + "answers.pdf", when), b"%PDF-1.4")
+                else:
+                    text = source if k == students - 2 else solution
+                    archive.writestr(zipfile.ZipInfo(name + f"{chapter}.ipynb", when), text)
+        args = dict(
+            course_dir=ROOT,
+            jobs=jobs,
+            roster=Path(tmp) / "roster.csv",
+            due="2026-11-20 17:00",
+            timezone="UTC",
+            late_penalty="10%/day",
+        )
+        start = time.perf_counter()
+        report = grade.grade(chapter, [Path(tmp) / "submissions.zip"], Path(tmp) / "out", **args)
+        seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        grade.grade(chapter, [Path(tmp) / "submissions.zip"], Path(tmp) / "out", **args)
+        again = time.perf_counter() - start
+        executed = students - 2  # no submission, PDF only
+        out.update(
+            seconds=round(seconds, 1),
+            per_executed_notebook=round(seconds / executed, 2),
+            regrade_seconds=round(again, 1),
+            full_marks=sum(r.auto_score == r.max_auto_score for r in report.students),
+            lms_files=sorted(p.name for p in (Path(tmp) / "out" / "lms").iterdir()),
+        )
+    print(f"class of {students}, {chapter}, --jobs {jobs}: {out}", flush=True)
+    return out
+
+
 def bench_in_notebook_grokking() -> dict:
     """The chapter 02 run a student watches: the chapter's config until 100 steps after 99% test accuracy (with the
     reference answers where the notebook passes the student's own functions)."""
@@ -229,6 +282,12 @@ def write_markdown(results: dict) -> None:
             f"| grading {r['copies']} copies of {name} with --jobs 2: {r['speedup_2_over_1']}x faster than "
             f"--jobs 1 (target {GRADING_SPEEDUP_TARGET}x) | {r['jobs2']['seconds']} | | | |"
         )
+    for name, r in results.get("class", {}).items():
+        lines.append(
+            f"| a class of {r['students']} ({name}) from a Canvas zip with a roster, --jobs {r['jobs']}: "
+            f"{r['per_executed_notebook']} s per executed notebook; the same command again (after manual "
+            f"grading) {r['regrade_seconds']} s | {r['seconds']} | | | |"
+        )
     for name, r in results.get("in_notebook", {}).items():
         lines.append(
             f"| in-notebook training, {name} ({r['steps']} steps; 99% test accuracy at step "
@@ -247,7 +306,8 @@ def write_markdown(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["notebooks", "recipes", "grading"])
+    parser.add_argument("--only", choices=["notebooks", "recipes", "grading", "class"])
+    parser.add_argument("--students", type=int, default=40, help="class size in the class benchmark (default: 40)")
     parser.add_argument(
         "--grading-chapter",
         default="01_circuits",
@@ -285,7 +345,10 @@ def main() -> None:
         chapter = args.grading_chapter
         seconds = results.get("notebooks", {}).get(chapter) or previous.get("notebooks", {}).get(chapter) or {}
         results["grading"] = {chapter: bench_grading(chapter, args.copies, seconds.get("seconds"))}
-    for key in ("notebooks", "recipes", "in_notebook", "grading"):
+    if args.only == "class":
+        chapter = args.grading_chapter
+        results["class"] = {chapter: bench_class(chapter, args.students, jobs=2)}
+    for key in ("notebooks", "recipes", "in_notebook", "grading", "class"):
         results[key] = {**previous.get(key, {}), **results.get(key, {})}
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results)

@@ -142,3 +142,15 @@ def fails(check, *answers, match: str, hidden: str | None = None) -> str:
 def record(fresh_record):
     """The record of passes the current test runs with (see ``fresh_record``)."""
     return fresh_record
+
+
+def hidden_test_leaks(html: str, solution_notebook) -> list[str]:
+    """What of a solution notebook's hidden tests shows in a feedback page: their markers, or the salt of any hidden
+    call (``hidden="71ce895e"``). A bare ``hidden=`` is not enough to tell: inlined plotly.js contains it."""
+    import re
+    from pathlib import Path
+
+    salts = set(re.findall(r'hidden=\\*"([0-9a-f]{6,})', Path(solution_notebook).read_text()))
+    assert salts, f"{solution_notebook} has no hidden tests to look for"
+    found = [salt for salt in sorted(salts) if salt in html]
+    return found + [marker for marker in ("HIDDEN TESTS", "hidden=&quot;", 'hidden="') if marker in html]

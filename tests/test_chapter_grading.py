@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import hidden_test_leaks  # noqa: E402 - the suite's shared helpers
 
 from mechinterp_course.instructor import grade
 
@@ -177,7 +178,7 @@ def test_wrong_answer_gets_partial_marks_and_the_checks_message(graded):
     feedback = result.feedback.read_text(encoding="utf-8")
     assert "CheckFailed" in feedback and words in feedback
     assert "most recent call last" not in feedback  # short tracebacks: the message, never the test code
-    assert "hidden=" not in feedback
+    assert hidden_test_leaks(feedback, ROOT / "solutions" / chapter / f"{chapter}.ipynb") == []
 
 
 @pytest.mark.parametrize("student", ["reference", "rebind", "silenced"])

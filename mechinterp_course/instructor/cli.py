@@ -88,6 +88,29 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="notebooks graded at once (default: the number of cores)",
     )
+    klass = grade.add_argument_group("the class (LMS downloads, roster, deadlines, feedback release)")
+    klass.add_argument(
+        "--roster",
+        metavar="CSV",
+        help="the class list: Canvas's or Moodle's gradebook export, or id,name,email[,extension]; files are "
+        "matched to it, and students with no submission get 0",
+    )
+    klass.add_argument("--due", metavar="TIME", help="the due date, e.g. '2026-12-01 17:00' (in --timezone)")
+    klass.add_argument(
+        "--late-penalty",
+        metavar="RULE",
+        help="none (lateness recorded only; the default), zero, or N%%/day (of the score, per day or part of one)",
+    )
+    klass.add_argument(
+        "--timestamps",
+        metavar="CSV",
+        help="submission times (columns student or file, and timestamp), overriding the times in the download",
+    )
+    klass.add_argument(
+        "--timezone", metavar="ZONE", help="for --due and the download's times (default: this machine's)"
+    )
+    klass.add_argument("--exchange", metavar="DIR", help="nbgrader's exchange folder, for `nbgrader release_feedback`")
+    klass.add_argument("--course-id", metavar="ID", help="nbgrader's course id in the exchange")
     box = grade.add_argument_group("limits on student code (per notebook)")
     box.add_argument(
         "--memory-mb",
@@ -165,6 +188,13 @@ def _grade(args) -> None:
         progress=lambda line: print(line, file=sys.stderr, flush=True),
         jobs=args.jobs,
         limits=limits,
+        roster=args.roster,
+        due=args.due,
+        late_penalty=args.late_penalty,
+        timestamps=args.timestamps,
+        timezone=args.timezone,
+        exchange=args.exchange,
+        course_id=args.course_id,
     )
     print(report.table())
     print()
@@ -175,7 +205,12 @@ def _grade(args) -> None:
     print(f"gradebook: {report.gradebook}")
     print(f"grades:    {report.grades_csv}")
     print(f"problems:  {report.problems_csv}")
+    print(f"questions: {report.out_dir / 'scores_by_question.csv'}")
+    print(f"rubric:    {report.out_dir / 'rubric' / report.chapter}.md")
     print(f"feedback:  {report.out_dir / 'feedback'}/<student>/{report.chapter}/{report.chapter}.html")
+    lms_files = sorted(p.name for p in (report.out_dir / "lms").glob("*")) if (report.out_dir / "lms").is_dir() else []
+    if lms_files:
+        print(f"for the LMS: {report.out_dir / 'lms'}/ ({', '.join(lms_files)})")
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if any(r.needs_manual_grade for r in report.students):

@@ -3,22 +3,21 @@ can touch.
 
     report = grade("circuits", ["downloads/"], "grading/", jobs=2)
 
-Input. ``paths`` are notebooks, folders of notebooks (one ``.ipynb`` per student, as an LMS downloads them), or an
-nbgrader tree ``submitted/<student>/<chapter>/<notebook>.ipynb`` (the folder ``submitted`` itself, its parent, or
-one ``<student>`` folder). In a tree, ``<chapter>.ipynb`` is graded, or the folder's only notebook whatever its name
-(with a note); a folder with none, or several others, scores zero with the reason.
-The student id of a loose notebook is its file name (:func:`student_id_from_filename`): the stem with the chapter's
-name (``01_circuits`` or ``circuits``, as a whole word) removed, every run of characters other than letters, digits
-and ``-`` replaced by ``_``, a run of ``_`` and ``-`` that contains a ``_`` shortened to one ``_``, and ``_``/``-``
-stripped from both ends; ``smith_john_12345_67890_01_circuits.ipynb`` is ``smith_john_12345_67890`` and
-``Jane Doe - 01_circuits (1).ipynb`` is ``Jane_Doe_1``. If nothing is left, the whole stem is used. In a tree the
-id is the folder name, sanitised the same way. Two submissions with the same id are an error (rename one).
+Input. ``paths`` are notebooks, folders, zips, or several: a plain folder of ``<student>.ipynb``, an LMS download
+(Canvas's or Moodle's, zipped or extracted), or an nbgrader tree ``submitted/<student>/<chapter>/``. How files become
+one submission per student (Canvas and Moodle names, a roster, re-downloads, files that are not notebooks, another
+chapter's notebook, submission times) is :mod:`.lms`. ``roster`` resolves ids against the class list; ``due``,
+the roster's extensions and ``late_penalty`` make nbgrader's late-submission plugin apply the penalty chosen.
 
 Output (``out_dir`` is an ordinary nbgrader course directory, so ``jupyter lab`` there opens the formgrader)::
 
     gradebook.db                              nbgrader's SQLite gradebook (manual grades survive a regrade)
-    grades.csv                                ``nbgrader export`` of this chapter, one row per student
-    problems.csv                              per student: the file graded, scores and every problem found
+    grades.csv                                ``nbgrader export`` of this chapter, one row per student (with names,
+                                              e-mails, due date, submission time and late penalty)
+    problems.csv                              per student: the file graded, scores, lateness and every problem
+                                              found; files no student could be given; kept across runs
+    scores_by_question.csv, lms/, rubric/     per-question scores, the LMS upload files, the mark schemes
+                                              (:mod:`.outputs`)
     feedback/<student>/<chapter>/<chapter>.html  nbgrader generate_feedback, one file per student
     submitted/, autograded/, source/, release/   nbgrader's own folders; submitted/ holds the executed notebooks
     nbgrader_config.py                        the configuration below, for the formgrader and nbgrader's commands
@@ -78,7 +77,7 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-from . import execute, sandbox
+from . import execute, lms, outputs, sandbox
 from .build import (
     CourseError,
     captured_nbgrader_log,
@@ -91,6 +90,7 @@ from .build import (
     short_name,
 )
 from .execute import DEFAULT_TIMEOUT_S, DELETED_MARK, error_output, is_test
+from .lms import Submission
 
 #: The grader's own state in ``out_dir``: executed notebooks, the seal key, the sandboxes' folders.
 STATE_DIR = ".grading"
@@ -118,6 +118,13 @@ NBGRADER_SETTINGS = {
     },
     # Student code ran in a sandbox; it must never run in the course directory.
     "Execute": {"enabled": False},
+    # The formgrader's view and the feedback files: plotly figures drawn, mark schemes for graders (formgrader only).
+    "HTMLExporter": {
+        "preprocessors": [
+            "mechinterp_course.instructor.outputs.PlotlyFigures",
+            "mechinterp_course.instructor.outputs.MarkSchemes",
+        ]
+    },
     "GenerateFeedback": {
         "preprocessors": [
             "mechinterp_course.instructor.grade.HideHiddenTests",
@@ -184,96 +191,6 @@ class GradeReport:
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
         return "\n".join(line.rstrip() for line in lines)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Collecting submissions
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Submission:
-    student_id: str
-    path: Path | None  # the notebook to grade
-    origin: Path  # what it was found as (for messages)
-    problems: list[str] = field(default_factory=list)
-
-
-def _sanitise(text: str) -> str:
-    text = re.sub(r"[^A-Za-z0-9-]+", "_", text)
-    return re.sub(r"[_-]*_[_-]*", "_", text).strip("_-")
-
-
-def student_id_from_filename(filename: str | os.PathLike, chapter: str) -> str:
-    """The student id of a loose submitted notebook: see the module docstring for the rule.
-
-    >>> student_id_from_filename("smith_john_12345_67890_01_circuits.ipynb", "01_circuits")
-    'smith_john_12345_67890'
-    """
-    stem = Path(filename).name.removesuffix(".ipynb")
-    stripped = stem
-    for name in (chapter, short_name(chapter)):
-        stripped = re.sub(rf"(?<![A-Za-z0-9]){re.escape(name)}(?![A-Za-z0-9])", "", stripped, flags=re.IGNORECASE)
-    return _sanitise(stripped) or _sanitise(stem) or "student"  # "01_circuits.ipynb" keeps its name
-
-
-def _from_tree(student_dir: Path, chapter: str) -> Submission:
-    """One ``submitted/<student>/<chapter>/`` folder: its ``<chapter>.ipynb``, or its only notebook."""
-    folder = student_dir / chapter
-    sub = Submission(_sanitise(student_dir.name) or "student", None, folder)
-    expected = folder / f"{chapter}.ipynb"
-    notebooks = sorted(p for p in folder.glob("*.ipynb") if p.is_file())
-    if expected.is_file():
-        sub.path = expected
-    elif len(notebooks) == 1:
-        sub.path = notebooks[0]
-        sub.problems.append(f"the notebook was named {notebooks[0].name} instead of {expected.name}; graded it anyway")
-    elif notebooks:
-        sub.problems.append(
-            f"no {expected.name} but {len(notebooks)} other notebooks "
-            f"({', '.join(p.name for p in notebooks)}): could not tell which to grade"
-        )
-    else:
-        sub.problems.append(f"no notebook in {folder}")
-    return sub
-
-
-def collect_submissions(paths: list[str | os.PathLike], chapter: str) -> list[Submission]:
-    """Find every submission under ``paths``; raises :class:`CourseError` for paths that do not exist, folders
-    with no notebooks and two submissions with the same student id."""
-    if not paths:
-        raise CourseError("No submissions given: pass notebooks or folders of notebooks.")
-    found: list[Submission] = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.exists():
-            raise CourseError(f"{raw}: no such file or folder.")
-        if path.is_file():
-            if path.suffix != ".ipynb":
-                raise CourseError(f"{raw}: not a notebook (expected a .ipynb file).")
-            found.append(Submission(student_id_from_filename(path, chapter), path, path))
-            continue
-        if (path / chapter).is_dir() and not (path / "submitted").is_dir():  # one student's folder of a tree
-            found.append(_from_tree(path, chapter))
-            continue
-        root = path / "submitted" if (path / "submitted").is_dir() else path
-        tree = sorted(d for d in root.iterdir() if d.is_dir() and (d / chapter).is_dir())
-        loose = sorted(p for p in root.glob("*.ipynb") if p.is_file())
-        if not tree and not loose:
-            raise CourseError(
-                f"{raw}: no notebooks found. Expected one <student>.ipynb per student, or an nbgrader "
-                f"tree submitted/<student>/{chapter}/{chapter}.ipynb."
-            )
-        found += [_from_tree(d, chapter) for d in tree]
-        found += [Submission(student_id_from_filename(p, chapter), p, p) for p in loose]
-    by_id: dict[str, list[Submission]] = {}
-    for sub in found:
-        by_id.setdefault(sub.student_id, []).append(sub)
-    clashes = {sid: subs for sid, subs in by_id.items() if len(subs) > 1}
-    if clashes:
-        detail = "; ".join(f"{sid}: {', '.join(str(s.origin) for s in subs)}" for sid, subs in sorted(clashes.items()))
-        raise CourseError(f"Two submissions map to the same student id ({detail}). Rename one of the files.")
-    return sorted(found, key=lambda s: s.student_id)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -653,35 +570,55 @@ def _input_digest(nb: NotebookNode, release: bytes, settings: dict) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def stage2_config(out_dir: Path):
+def folder_settings(out_dir: Path, policy: dict | None = None) -> dict[str, dict]:
+    """:data:`NBGRADER_SETTINGS` plus what belongs to this grading folder: the seal key, the rubric, the late
+    penalty and the exchange (``policy``, as saved by :func:`grade`)."""
+    policy = policy or {}
+    settings = copy.deepcopy(NBGRADER_SETTINGS)
+    settings["RequireGraded"] = {"key_file": str(out_dir / STATE_DIR / SEAL_KEY)}
+    settings["MarkSchemes"] = {"rubric_dir": str(out_dir / "rubric")}
+    penalty = policy.get("late_penalty") or "none"
+    if penalty in ("none", "zero"):
+        settings["AssignLatePenalties"] = {"plugin_class": "nbgrader.plugins.LateSubmissionPlugin"}
+        settings["LateSubmissionPlugin"] = {"penalty_method": penalty}
+    else:
+        settings["AssignLatePenalties"] = {"plugin_class": "mechinterp_course.instructor.lms.PercentPerDay"}
+        settings["PercentPerDay"] = {"percent": lms.percent_per_day(penalty)}
+    if policy.get("exchange"):
+        settings["Exchange"] = {"root": policy["exchange"]}
+        settings["CourseDirectory"] = {"course_id": policy.get("course_id") or "course"}
+    return settings
+
+
+def stage2_config(out_dir: Path, policy: dict | None = None):
     from traitlets.config import Config
 
     config = Config()
     config.CourseDirectory.root = str(out_dir)
-    for section, values in NBGRADER_SETTINGS.items():
+    for section, values in folder_settings(out_dir, policy).items():
         for name, value in values.items():
             setattr(getattr(config, section), name, copy.deepcopy(value))
-    config.RequireGraded.key_file = str(out_dir / STATE_DIR / SEAL_KEY)
     return config
 
 
-def _write_nbgrader_config(out_dir: Path) -> None:
+def _write_nbgrader_config(out_dir: Path, policy: dict | None = None) -> None:
     lines = [
         '"""nbgrader configuration written by `mechinterp-course grade` (mechinterp_course.instructor.grade).',
         "",
         "The notebooks in submitted/ were executed and their checks judged by `mechinterp-course grade`, in a",
         "sandbox; autograde scores their recorded outputs and never runs student code here. A notebook that",
         "`mechinterp-course grade` did not execute (no valid seal) is refused, with a message saying what to",
-        "run. Feedback hides hidden tests and shortens tracebacks.",
+        "run. Feedback hides hidden tests and shortens tracebacks; the formgrader and the feedback draw plotly",
+        "figures, and the formgrader shows each written answer's mark scheme (rubric/). Late penalties and the",
+        "exchange are the ones the last `grade` run was given.",
         '"""',
         "",
         "c = get_config()  # noqa: F821",
         "",
     ]
-    for section, values in NBGRADER_SETTINGS.items():
+    for section, values in folder_settings(out_dir, policy).items():
         for name, value in values.items():
             lines.append(f"c.{section}.{name} = {value!r}")
-    lines.append(f"c.RequireGraded.key_file = {str(out_dir / STATE_DIR / SEAL_KEY)!r}")
     (out_dir / "nbgrader_config.py").write_text("\n".join(lines) + "\n")
 
 
@@ -730,26 +667,123 @@ def _export_csv(db_url: str, chapter: str, path: Path) -> None:
     path.write_text("\n".join([header, *sorted(rows, key=lambda r: r.split(",")[3])]) + "\n")
 
 
-def _write_problems_csv(report: GradeReport) -> None:
+PROBLEM_COLUMNS = [
+    "student_id",
+    "name",
+    "file",
+    "submitted",
+    "hours_late",
+    "late_penalty",
+    "auto_score",
+    "max_auto_score",
+    "score",
+    "max_score",
+    "needs_manual_grade",
+    "problems",
+]
+
+
+def _write_problems_csv(report: GradeReport, db_url: str, unmatched, known: dict[str, dict]) -> None:
+    """problems.csv: every student graded into this folder (this run's rows replace their earlier ones; scores
+    read afresh from the gradebook, so manual grades show), then every file no student could be given."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    earlier: dict[str, dict] = {}
+    if report.problems_csv.is_file():
+        for row in csv.DictReader(report.problems_csv.read_text().splitlines()):
+            earlier[row.get("student_id") or f"file:{row.get('file')}"] = row
+    for r in report.students:
+        earlier[r.student_id] = {
+            "student_id": r.student_id,
+            "file": known.get(r.student_id, {}).get("file", ""),
+            "problems": " | ".join(r.problems),
+        }
+    for file, reason in unmatched:
+        earlier[f"file:{file}"] = {"student_id": "", "file": file, "problems": reason}
+    rows = []
+    with nbgrader_environment(), Gradebook(db_url) as gradebook:
+        for _, row in sorted(earlier.items(), key=lambda item: (item[0].startswith("file:"), item[0])):
+            out = dict.fromkeys(PROBLEM_COLUMNS, "")
+            out.update({k: v for k, v in row.items() if k in ("student_id", "file", "problems")})
+            if row.get("student_id"):
+                try:
+                    sub = gradebook.find_submission(report.chapter, row["student_id"])
+                except MissingEntry:
+                    continue
+                penalty = sum(nb.late_submission_penalty or 0 for nb in sub.notebooks)
+                student = sub.student
+                out.update(
+                    name=" ".join(n for n in (student.first_name, student.last_name) if n),
+                    submitted=f"{sub.timestamp:%Y-%m-%d %H:%M:%S} UTC" if sub.timestamp else "",
+                    hours_late=f"{sub.total_seconds_late / 3600:.2f}" if sub.total_seconds_late else "",
+                    late_penalty=f"{penalty:g}" if penalty else "",
+                    auto_score=f"{sub.code_score:g}",
+                    max_auto_score=f"{sub.max_code_score:g}",
+                    score=f"{sub.score - penalty:g}",
+                    max_score=f"{sub.max_score:g}",
+                    needs_manual_grade="yes" if sub.needs_manual_grade else "no",
+                )
+            rows.append([out[c] for c in PROBLEM_COLUMNS])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(
-        ["student_id", "file", "auto_score", "max_auto_score", "score", "max_score", "needs_manual_grade", "problems"]
-    )
-    for r in report.students:
-        writer.writerow(
-            [
-                r.student_id,
-                r.source or "",
-                f"{r.auto_score:g}",
-                f"{r.max_auto_score:g}",
-                f"{r.score:g}",
-                f"{r.max_score:g}",
-                "yes" if r.needs_manual_grade else "no",
-                " | ".join(r.problems),
-            ]
-        )
+    writer.writerow(PROBLEM_COLUMNS)
+    writer.writerows(rows)
     report.problems_csv.write_text(buffer.getvalue())
+
+
+STUDENTS_FILE = "students.json"
+
+
+def _known_students(out: Path) -> dict[str, dict]:
+    path = out / STATE_DIR / STUDENTS_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def _remember_students(out: Path, submissions) -> dict[str, dict]:
+    """What each run learnt about its students (the file graded, their names in Canvas's and Moodle's downloads),
+    merged with earlier runs into ``.grading/students.json``: the LMS files cover the whole class, not one run."""
+    path = out / STATE_DIR / STUDENTS_FILE
+    known = _known_students(out)
+    for sub in submissions:
+        entry = known.setdefault(sub.student_id, {})
+        entry["file"] = str(sub.origin) if sub.path is not None else ""
+        if sub.canvas:
+            entry["canvas"] = list(sub.canvas)
+        if sub.moodle:
+            entry["moodle"] = list(sub.moodle)
+    path.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+    return known
+
+
+def _write_outputs(report: GradeReport, db_url: str, known: dict[str, dict]) -> None:
+    """scores_by_question.csv and the LMS files (:mod:`.outputs`), for every student in the gradebook."""
+    from nbgrader.api import Gradebook
+
+    roster = {s.student_id: s for s in (_saved_roster(report.out_dir) or [])}
+    records = [
+        Submission(
+            sid,
+            None,
+            entry.get("file", ""),
+            student=roster.get(sid),
+            canvas=tuple(entry["canvas"]) if entry.get("canvas") else None,
+            moodle=tuple(entry["moodle"]) if entry.get("moodle") else None,
+        )
+        for sid, entry in known.items()
+    ]
+    rubric_path = report.out_dir / "rubric" / f"{report.chapter}.json"
+    rubric_ids = {item["grade_id"] for item in json.loads(rubric_path.read_text())} if rubric_path.is_file() else set()
+
+    def feedback_for(student_id: str) -> Path | None:
+        path = report.out_dir / "feedback" / student_id / report.chapter / f"{report.chapter}.html"
+        return path if path.is_file() else None
+
+    with nbgrader_environment(), Gradebook(db_url) as gradebook:
+        outputs.scores_by_question(gradebook, report.chapter, report.out_dir / "scores_by_question.csv", rubric_ids)
+        report.warnings += outputs.lms_uploads(gradebook, report.chapter, report.out_dir, records, feedback_for)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -770,12 +804,24 @@ def grade(
     progress=None,
     jobs: int | None = None,
     limits: sandbox.Limits | None = None,
+    roster: str | os.PathLike | None = None,
+    due: str | None = None,
+    late_penalty: str | None = None,
+    timestamps: str | os.PathLike | None = None,
+    timezone: str | None = None,
+    exchange: str | os.PathLike | None = None,
+    course_id: str | None = None,
 ) -> GradeReport:
     """Grade every submission under ``paths`` for ``chapter`` into ``out_dir`` (module docstring). ``jobs``
     notebooks run at once (default: the number of cores); ``limits`` bound student code (:class:`Limits`).
     ``progress`` is an optional callable given one line of text per step. Raises :class:`CourseError` for bad
     input; never for a bad submission. Grading the same batch into the same ``out_dir`` again re-runs only what is
-    missing or changed and gives the same gradebook (manual grades are kept)."""
+    missing or changed and gives the same gradebook (manual grades are kept).
+
+    Class options (:mod:`.lms`): ``roster`` (a CSV), ``due`` (a date and time, read in ``timezone``, default the
+    machine's), ``late_penalty`` (``none``, ``zero`` or ``N%/day``), ``timestamps`` (a CSV of submission times),
+    ``exchange`` and ``course_id`` (nbgrader's exchange, for ``nbgrader release_feedback``). Options not given are
+    the ones the last run into ``out_dir`` was given, so grading one late file later changes nothing else."""
     say = progress or (lambda text: None)
     if not isinstance(timeout, (int, float)) or not timeout > 0 or math.isinf(timeout):
         raise CourseError(f"The timeout must be a positive number of seconds, not {timeout!r}.")
@@ -790,15 +836,20 @@ def grade(
         raise CourseError(
             f"Chapter {chapter} has no checks (mechinterp_course/{package}/checks.py): it cannot be graded."
         )
-    submissions = collect_submissions(paths, chapter)
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise CourseError(f"{out_dir}: exists and is not a folder.")
     if out == root or root.is_relative_to(out):
         raise CourseError(f"{out_dir} is the course directory or above it: choose a folder for the grading files.")
-    for sub in submissions:
-        if sub.path is not None and sub.path.resolve().is_relative_to(out / "submitted"):
-            raise CourseError(f"{sub.path} is inside {out_dir}/submitted, which grading rewrites: grade from a copy.")
+    lms.check_paths(paths, chapter)
+    for raw in paths:
+        if Path(raw).resolve().is_relative_to(out / "submitted"):
+            raise CourseError(f"{raw} is inside {out_dir}/submitted, which grading rewrites: grade from a copy.")
+    policy = _policy(out, roster, due, late_penalty, timezone, exchange, course_id)
+    zone = lms.timezone(policy.get("timezone"))
+    due_utc = lms.parse_time(policy["due"], zone) if policy.get("due") else None
+    class_list = lms.read_roster(roster, due_utc, zone) if roster else _saved_roster(out)
+    times = lms.read_timestamps(timestamps, zone) if timestamps else None
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)  # every student's work is in here
     state = out / STATE_DIR
@@ -808,9 +859,24 @@ def grade(
     release_dir = generate_release(root, chapter, out)
     release_bytes = (release_dir / f"{chapter}.ipynb").read_bytes()
     release = nbformat.reads(release_bytes.decode(), as_version=4)
+    releases = {p.parent.name: json.loads(p.read_text()) for p in sorted((root / "chapters").glob("*/*.ipynb"))}
+    releases[chapter] = json.loads(release_bytes.decode())
+    collected = lms.collect(paths, chapter, state / "downloads", releases, class_list, times, zone)
+    # A roster student missing from this download but graded in an earlier run keeps that grade and its notes:
+    # grading one late file must not turn the rest of the class into "no submission".
+    earlier = _known_students(out)
+    submissions = [
+        sub
+        for sub in collected.submissions
+        if not (sub.path is None and sub.problems == ["no submission"] and sub.student_id in earlier)
+    ]
     db_url = f"sqlite:///{out / GRADEBOOK}"
     key = _seal_key(out)
-    _write_nbgrader_config(out)
+    (state / "policy.json").write_text(json.dumps(policy, indent=1, sort_keys=True) + "\n")
+    _write_nbgrader_config(out, policy)
+    outputs.write_rubric(nbformat.read(out / "source" / chapter / f"{chapter}.ipynb", as_version=4), chapter, out)
+    _register_students(db_url, chapter, submissions, due_utc, class_list)
+    _save_roster(out, class_list)
     warnings_: list[str] = []
     committed = root / "chapters" / chapter / f"{chapter}.ipynb"
     if committed.is_file() and committed.read_bytes() != release_bytes:
@@ -833,7 +899,7 @@ def grade(
         notes = list(sub.problems)
         run = True
         if sub.path is None:
-            nb, run = _empty_submission(release, "no notebook was submitted"), False
+            nb, run = _empty_submission(release, f"no notebook of {chapter} was submitted"), False
         else:
             try:
                 nb = read_submission(sub.path)
@@ -878,7 +944,7 @@ def grade(
     # nbgrader autograde (scores the recorded outputs) and feedback, for each student as soon as their notebook is
     # saved (while the other notebooks run). Without the sandbox's own user (not root) student code could reach the
     # gradebook: stage 2 then waits for the batch, and a gradebook changed meanwhile is restored.
-    config = stage2_config(out)
+    config = stage2_config(out, policy)
     by_student: dict[str, StudentResult] = {}
     submission_of = {sub.student_id: sub for sub in submissions}
     interleave = os.geteuid() == 0
@@ -961,25 +1027,40 @@ def grade(
         missing_protections=missing,
     )
     _export_csv(db_url, chapter, report.grades_csv)
-    _write_problems_csv(report)
+    known = _remember_students(out, submissions)
+    _write_problems_csv(report, db_url, collected.unmatched, known)
+    _write_outputs(report, db_url, known)
     return report
 
 
 def _stage2_one(sub: Submission, out: Path, chapter: str, config, db_url: str) -> StudentResult:
-    """nbgrader autograde and feedback for one student whose executed notebook is saved; their result."""
+    """nbgrader autograde and feedback for one student whose executed notebook is saved; their result.
+
+    The submission time goes in ``timestamp.txt`` (nbgrader reads it there) and an extension on the gradebook's
+    submission, before autograde, so nbgrader's late-submission plugin sees both. Written answers that a grader
+    already graded and whose text did not change stay graded: nbgrader's autograde marks every manually scored cell
+    "needs manual grading" again, which would send the grader back through the whole class after any regrade."""
     from nbgrader.converters import Autograde, GenerateFeedback
 
     executed = nbformat.read(out / STATE_DIR / "executed" / f"{sub.student_id}.ipynb", as_version=4)
     notes = list((executed.metadata.get(SEAL_METADATA) or {}).get("notes") or [])
     result = StudentResult(sub.student_id, sub.path, problems=notes)
     folder = out / "submitted" / sub.student_id / chapter
+    graded_before = _manual_state(db_url, chapter, sub.student_id, folder / f"{chapter}.ipynb")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     nbformat.write(executed, folder / f"{chapter}.ipynb")
+    for name, path in sub.extra.items():  # an nbgrader tree's submission_secret.txt (for release_feedback)
+        if name != "timestamp.txt":
+            shutil.copyfile(path, folder / name)
+    if sub.timestamp is not None:
+        (folder / "timestamp.txt").write_text(f"{sub.timestamp.isoformat(sep=' ')} UTC\n")
+    _set_extension(db_url, chapter, sub)
     failure = run_converter(Autograde, config, chapter, sub.student_id)
     if failure:
         result.problems.append(f"grading problem: nbgrader autograde failed ({failure})")
     else:
+        result.problems += _restore_manual_state(db_url, chapter, sub.student_id, executed, graded_before)
         failure = run_converter(GenerateFeedback, config, chapter, sub.student_id)
         feedback = out / "feedback" / sub.student_id / chapter / f"{chapter}.html"
         if feedback.is_file() and not failure:
@@ -988,6 +1069,153 @@ def _stage2_one(sub: Submission, out: Path, chapter: str, config, db_url: str) -
             result.problems.append(f"grading problem: no feedback ({failure or 'nbgrader wrote none'})")
     _read_scores(result, db_url, chapter)
     return result
+
+
+def _answer_digests(nb: NotebookNode) -> dict[str, str]:
+    """grade id -> digest of the student's text, for every manually graded answer cell."""
+    digests = {}
+    for cell in nb.cells:
+        meta = _nbgrader(cell)
+        if meta.get("grade") and meta.get("solution") or meta.get("task"):
+            digests[meta["grade_id"]] = hashlib.sha256(cell.source.strip().encode()).hexdigest()
+    return digests
+
+
+def _manual_state(db_url: str, chapter: str, student_id: str, previous: Path) -> dict[str, str]:
+    """The answers a grader has finished grading (manual score given, nothing pending): grade id -> the digest of
+    the text that was graded (from the notebook of the previous run)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    if not previous.is_file():
+        return {}
+    try:
+        digests = _answer_digests(nbformat.read(previous, as_version=4))
+    except Exception:  # noqa: BLE001 - no readable previous notebook: nothing to keep
+        return {}
+    graded = {}
+    with nbgrader_environment(), Gradebook(db_url) as gradebook:
+        try:
+            notebook = gradebook.find_submission_notebook(chapter, chapter, student_id)
+        except MissingEntry:
+            return {}
+        for grade_ in notebook.grades:
+            if grade_.name in digests and grade_.manual_score is not None and not grade_.needs_manual_grade:
+                graded[grade_.name] = digests[grade_.name]
+    return graded
+
+
+def _restore_manual_state(db_url: str, chapter: str, student_id: str, nb: NotebookNode, graded: dict) -> list[str]:
+    from nbgrader.api import Gradebook
+
+    if not graded:
+        return []
+    now = _answer_digests(nb)
+    changed = []
+    with nbgrader_environment(), Gradebook(db_url) as gradebook:
+        notebook = gradebook.find_submission_notebook(chapter, chapter, student_id)
+        for grade_ in notebook.grades:
+            if grade_.name not in graded:
+                continue
+            if now.get(grade_.name) == graded[grade_.name]:
+                grade_.needs_manual_grade = False
+            else:
+                changed.append(grade_.name)
+        gradebook.db.commit()
+    return [
+        f"written answer {name} changed since it was graded: it needs grading again (its old score is kept until then)"
+        for name in changed
+    ]
+
+
+def _set_extension(db_url: str, chapter: str, sub: Submission) -> None:
+    """The roster's extension on this student's submission (nbgrader adds it to the due date)."""
+    from nbgrader.api import Gradebook
+
+    extension = sub.student.extension if sub.student else None
+    with nbgrader_environment(), Gradebook(db_url) as gradebook, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nbgrader's own SQLAlchemy "not in session" warnings
+        if sub.timestamp is not None:
+            gradebook.update_or_create_submission(chapter, sub.student_id, timestamp=sub.timestamp)
+        else:
+            gradebook.update_or_create_submission(chapter, sub.student_id)
+        record = gradebook.find_submission(chapter, sub.student_id)
+        record.extension = extension
+        if sub.timestamp is None:
+            record.timestamp = None
+        gradebook.db.commit()
+
+
+def _register_students(db_url: str, chapter: str, submissions, due, roster) -> None:
+    """Names, e-mails and LMS ids in the gradebook (nbgrader's export and the formgrader show them); the due date."""
+    from nbgrader.api import Gradebook
+
+    with nbgrader_environment(), Gradebook(db_url) as gradebook:
+        for sub in submissions:
+            student = sub.student
+            if student is None:
+                gradebook.update_or_create_student(sub.student_id)
+                continue
+            gradebook.update_or_create_student(
+                sub.student_id,
+                first_name=student.first_name or None,
+                last_name=student.last_name or None,
+                email=student.email or None,
+                lms_user_id=student.lms_id or None,
+            )
+        assignment = gradebook.find_assignment(chapter)
+        if due is not None or roster is not None:
+            assignment.duedate = due
+        gradebook.db.commit()
+
+
+def _policy(out: Path, roster, due, late_penalty, zone, exchange, course_id) -> dict:
+    """The class options of this run, falling back to those of the last run into ``out``."""
+    saved = {}
+    path = out / STATE_DIR / "policy.json"
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            saved = {}
+    given = {
+        "due": due,
+        "late_penalty": lms.check_penalty(late_penalty) if late_penalty else None,
+        "timezone": zone,
+        "exchange": str(Path(exchange).resolve()) if exchange else None,
+        "course_id": course_id,
+    }
+    if given["timezone"]:
+        lms.timezone(given["timezone"])  # fails early on an unknown zone
+    policy = {k: v if v is not None else saved.get(k) for k, v in given.items()}
+    if policy["exchange"] and not Path(policy["exchange"]).is_dir():
+        raise CourseError(f"--exchange {policy['exchange']}: no such folder (nbgrader's exchange must exist).")
+    return policy
+
+
+ROSTER_FILE = "roster.json"
+
+
+def _save_roster(out: Path, roster) -> None:
+    if roster is None:
+        return
+    rows = [dict(vars(s), extension=s.extension.total_seconds() if s.extension else None) for s in roster]
+    for row in rows:
+        row["due"] = row["due"].isoformat() if row.get("due") else None
+    (out / STATE_DIR / ROSTER_FILE).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def _saved_roster(out: Path):
+    """The roster of an earlier run into ``out`` (so a late file graded alone is matched the same way)."""
+    import datetime as dt
+
+    path = out / STATE_DIR / ROSTER_FILE
+    if not path.is_file():
+        return None
+    rows = json.loads(path.read_text())
+    for row in rows:
+        row["extension"] = dt.timedelta(seconds=row["extension"]) if row.get("extension") is not None else None
+        row["due"] = dt.datetime.fromisoformat(row["due"]) if row.get("due") else None
+    return [lms.RosterStudent(**row) for row in rows]
 
 
 def _passthrough_env() -> dict[str, str]:
