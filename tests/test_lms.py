@@ -162,6 +162,19 @@ def test_plain_folder_another_chapter_and_a_tree(course, tmp_path):
     ]
     assert by_id["lee"].problems == ["class/lee.py is a Python script, not a notebook: not graded"]
 
+    wrapped = write_zip(  # a zip of the folder, not of its files
+        tmp_path / "class.zip",
+        {
+            f"class/ann_{CHAPTER}.ipynb": (solved(course), "2026-11-20 10:00"),
+            "class/bo.ipynb": ("{}", "2026-11-20 10:00"),
+        },
+    )
+    got = lms.collect([wrapped], CHAPTER, tmp_path / "work", _releases(course))
+    assert [(s.student_id, s.origin) for s in got.submissions] == [
+        ("ann", f"class.zip/class/ann_{CHAPTER}.ipynb"),
+        ("bo", "class.zip/class/bo.ipynb"),
+    ]
+
     tree = tmp_path / "collected" / "submitted" / "mo" / CHAPTER
     tree.mkdir(parents=True)
     (tree / f"{CHAPTER}.ipynb").write_text(solved(course))

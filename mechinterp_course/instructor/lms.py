@@ -374,6 +374,15 @@ def scan(paths, chapter: str, workdir: Path, zone: dt.tzinfo) -> list[Found]:
             continue
         else:
             root, shown = path, path.name
+        # A zip of a folder, or a download extracted into one: look inside the wrapper (not a student's folder).
+        while True:
+            entries = [e for e in root.iterdir() if not JUNK.match(e.name) and not e.name.startswith(".")]
+            wrapper = entries[0] if len(entries) == 1 and entries[0].is_dir() else None
+            if wrapper is None or MOODLE_FOLDER.match(wrapper.name) or (wrapper / chapter).is_dir():
+                break
+            if wrapper.name == "submitted" or any((d / chapter).is_dir() for d in wrapper.iterdir() if d.is_dir()):
+                break
+            root, shown = wrapper, f"{shown}/{wrapper.name}"
         if (root / chapter).is_dir() and not (root / "submitted").is_dir():  # one student's folder of a tree
             found += _tree_student(root, chapter, root.parent.name)
             continue
