@@ -355,6 +355,9 @@ def test_late_penalty_and_extension(klass):
     assert rows["1003"]["submitted"] == "2026-11-21 15:00:00 UTC" and rows["1003"]["hours_late"] == ""  # extension
     assert rows["1002"]["hours_late"] == "26.00"  # 2026-11-21 19:00 against 2026-11-20 17:00
     assert rows["1002"]["late_penalty"] == "0.8" and rows["1002"]["score"] == "3.2"  # 10%/day, 2 days (part of one)
+    ben = klass["report"]["1002"]
+    assert ben.late_penalty == pytest.approx(0.8) and ben.score == pytest.approx(3.2)
+    assert "3.2/6 (-0.8 late)" in klass["report"].table()
     grades = {r["student_id"]: r for r in _rows(klass["report"].grades_csv)}
     assert grades["1002"]["late_submission_penalty"] == "0.8" and grades["1002"]["email"] == "ben@uni.edu"
     assert grades["1002"]["duedate"].startswith("2026-11-20 17:00")
@@ -385,6 +388,7 @@ def test_per_question_csv_and_lms_uploads(klass):
 
     moodle = {r["Email address"]: r for r in _rows(out / "lms" / "moodle_grades.csv")}
     assert moodle["cy@uni.edu"]["Identifier"] == "Participant 77003" and moodle["cy@uni.edu"]["Grade"] == "4"
+    assert moodle["cy@uni.edu"]["Full name"] == "Cy Chen" and moodle["cy@uni.edu"]["ID number"] == "1003"
     assert "written answers not graded yet" in moodle["cy@uni.edu"]["Feedback comments"]
 
     with zipfile.ZipFile(out / "lms" / "canvas_feedback.zip") as archive:

@@ -143,7 +143,8 @@ NBGRADER_SETTINGS = {
 
 @dataclass
 class StudentResult:
-    """One student's grade. ``auto_*`` are the autograded (code) points; ``score`` adds any manual grades."""
+    """One student's grade. ``auto_*`` are the autograded (code) points; ``score`` adds any manual grades and
+    takes off the late penalty (``late_penalty``)."""
 
     student_id: str
     source: Path | None  # the file graded (None if the student handed in no notebook)
@@ -152,6 +153,7 @@ class StudentResult:
     score: float = 0.0
     max_score: float = 0.0
     needs_manual_grade: bool = False
+    late_penalty: float = 0.0
     cell_scores: dict[str, tuple[float | None, float]] = field(default_factory=dict)  # grade_id -> (score, max)
     problems: list[str] = field(default_factory=list)
     feedback: Path | None = None
@@ -183,7 +185,7 @@ class GradeReport:
                 (
                     r.student_id,
                     f"{r.auto_score:g}/{r.max_auto_score:g}",
-                    f"{r.score:g}/{r.max_score:g}",
+                    f"{r.score:g}/{r.max_score:g}" + (f" (-{r.late_penalty:g} late)" if r.late_penalty else ""),
                     "to grade" if r.needs_manual_grade else "-",
                     "; ".join(r.problems) or "-",
                 )
@@ -649,7 +651,8 @@ def _read_scores(result: StudentResult, db_url: str, chapter: str) -> None:
         except MissingEntry:
             return
         result.auto_score, result.max_auto_score = submission.code_score, submission.max_code_score
-        result.score, result.max_score = submission.score, submission.max_score
+        result.late_penalty = sum(nb.late_submission_penalty or 0 for nb in submission.notebooks)
+        result.score, result.max_score = submission.score - result.late_penalty, submission.max_score
         result.needs_manual_grade = bool(submission.needs_manual_grade)
         for notebook in submission.notebooks:
             for grade in notebook.grades:

@@ -266,7 +266,8 @@ def lms_uploads(gradebook, chapter: str, out: Path, submissions, feedback_for) -
         pending = any(g.needs_manual_grade for nb in record.notebooks for g in nb.grades)
         comment = f"{score:g}/{max_score:g}" + (" (written answers not graded yet)" if pending else "")
         canvas_id = (roster.lms_id if roster else "") or (sub.canvas[1] if sub.canvas else "")
-        name = (roster.name if roster else "") or (sub.moodle[0] if sub.moodle else "") or sub.student_id
+        full_name = " ".join(n for n in (roster.first_name, roster.last_name) if n) if roster else ""
+        name = full_name or (roster.name if roster else "") or (sub.moodle[0] if sub.moodle else "") or sub.student_id
         if canvas_id:
             canvas_rows.append(
                 [
