@@ -356,6 +356,9 @@ def test_late_penalty_and_extension(klass):
     assert rows["1002"]["hours_late"] == "26.00"  # 2026-11-21 19:00 against 2026-11-20 17:00
     assert rows["1002"]["late_penalty"] == "0.8" and rows["1002"]["score"] == "3.2"  # 10%/day, 2 days (part of one)
     ben = klass["report"]["1002"]
+    late = "submitted 2026-11-21 19:00 UTC, 26.0 hours after the due date (2026-11-20 17:00 UTC): the penalty is 10%"
+    assert any(p.startswith(late) for p in ben.problems)
+    assert not any("after the due date" in p for p in klass["report"]["1003"].problems)  # within her extension
     assert ben.late_penalty == pytest.approx(0.8) and ben.score == pytest.approx(3.2)
     assert "3.2/6 (-0.8 late)" in klass["report"].table()
     grades = {r["student_id"]: r for r in _rows(klass["report"].grades_csv)}

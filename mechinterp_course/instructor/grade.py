@@ -873,6 +873,8 @@ def grade(
         for sub in collected.submissions
         if not (sub.path is None and sub.problems == ["no submission"] and sub.student_id in earlier)
     ]
+    for sub in submissions:
+        sub.problems += lms.lateness_notes(sub, due_utc, policy.get("late_penalty") or "none")
     db_url = f"sqlite:///{out / GRADEBOOK}"
     key = _seal_key(out)
     (state / "policy.json").write_text(json.dumps(policy, indent=1, sort_keys=True) + "\n")

@@ -678,6 +678,25 @@ def check_penalty(text: str) -> str:
     raise CourseError(f"--late-penalty {text!r}: expected none, zero, or a percentage per day such as 10%/day.")
 
 
+def lateness_notes(sub: Submission, due: dt.datetime | None, penalty: str) -> list[str]:
+    """What a late student reads at the top of their feedback: when they handed in, how late, and the rule."""
+    if sub.timestamp is None or due is None:
+        return []
+    extension = sub.student.extension if sub.student and sub.student.extension else dt.timedelta(0)
+    late = sub.timestamp - (due + extension)
+    if late <= dt.timedelta(0):
+        return []
+    rule = {
+        "none": "no penalty is applied",
+        "zero": "a late submission scores zero",
+    }.get(penalty, f"the penalty is {percent_per_day(penalty):g}% of the score per day or part of a day")
+    with_extension = f" plus your extension of {extension}" if extension else ""
+    return [
+        f"submitted {sub.timestamp:%Y-%m-%d %H:%M} UTC, {late.total_seconds() / 3600:.1f} hours after the due date "
+        f"({due:%Y-%m-%d %H:%M} UTC{with_extension}): {rule}"
+    ]
+
+
 def percent_per_day(text: str) -> float:
     return float(PENALTY.match(check_penalty(text)).group(1))
 
