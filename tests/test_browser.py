@@ -45,6 +45,8 @@ POLL_S = 0.25
 PLOTLY = "application/vnd.plotly.v1+json"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 CIRCUITSVIS_MARK = 'id="circuits-vis-'
+#: JupyterLab's notifications (its news question is one).
+TOASTS = ".jp-toast-message, .Toastify__toast"
 #: The only errors an untouched student notebook may show: a stub that is still a stub, a check that says so.
 UNFINISHED = {"NotImplementedError", "CheckFailed"}
 
@@ -271,7 +273,6 @@ def session(tmp_path_factory) -> Session:
                 pair = [NotebookRun(chapter, k, Path(FOLDERS[k]) / chapter / f"{chapter}.ipynb") for k in KINDS]
                 for run in pair:
                     _open(chromium, guard, server.url, run, f"{chapter}-{run.kind}")
-                toasts += pair[0].page.locator(".jp-toast-message, .Toastify__toast").all_inner_texts()
                 for run in pair:
                     run.started = time.monotonic()
                     run.run("Run All Cells")
@@ -279,6 +280,9 @@ def session(tmp_path_factory) -> Session:
                     for run in pair:
                         run.poll()
                     pair[0].page.wait_for_timeout(POLL_S * 1000)  # not time.sleep: Playwright's events keep flowing
+                # JupyterLab asks about news in a notification that stays until answered: after the run (the page
+                # has been open for a while), it would be there.
+                toasts += [t for run in pair for t in run.page.locator(TOASTS).all_text_contents()]
                 for run in pair:
                     _save(run, root)
                     run.drawn = run.page.evaluate(DRAWN_JS)
@@ -415,3 +419,27 @@ def test_the_console_shows_no_error_and_nothing_leaves_the_machine(session):
 def test_screenshots_are_saved(session):
     for run in session.runs.values():
         assert run.screenshots and all(p.is_file() and p.stat().st_size > 0 for p in run.screenshots), run.label
+
+
+def test_without_chromium_the_browser_tests_skip_with_one_line_or_fail_where_required(monkeypatch, tmp_path):
+    """On a machine with no Chromium a browser test skips, saying how to get one; under COURSE_REQUIRE_BROWSER=1
+    (CI) it fails instead."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no browser on it
+    monkeypatch.delenv(browser.EXECUTABLE_ENV, raising=False)
+    monkeypatch.delenv(browser.REQUIRE_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        browser.chromium()
+    assert "apt-get install chromium" in str(skipped.value) and "\n" not in str(skipped.value)
+    monkeypatch.setenv(browser.REQUIRE_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match="COURSE_REQUIRE_BROWSER=1 but no Chromium found"):
+        browser.chromium()
+    monkeypatch.setenv(browser.EXECUTABLE_ENV, str(tmp_path / "missing"))
+    with pytest.raises(pytest.fail.Exception, match="is not an executable"):
+        browser.chromium()
+
+
+def test_ci_requires_the_browser_and_runs_the_readmes_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get install" in ci and "chromium" in ci
+    assert "export COURSE_REQUIRE_BROWSER=1" in ci
+    assert ci.strip().splitlines()[-1] == "exec ./course test"
