@@ -15,7 +15,7 @@ import nbformat
 import pytest
 
 from mechinterp_course.instructor import build as notebooks
-from mechinterp_course.instructor import cli, export
+from mechinterp_course.instructor import cli, colab, export
 from mechinterp_course.instructor.build import CourseError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +81,66 @@ def test_committed_chapters_match_a_fresh_build():
         f"chapters/ or a reference module is out of date for {stale}: run "
         f"`.venv/bin/mechinterp-course build` and commit"
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Where the course lives: one setting, written into every first cell and the README's Colab links
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _with_setting(course: Path, github: str) -> Path:
+    """Give the temporary course the setting, a README with a block for the links, and a first cell with an install
+    line and a chapter heading, as the real chapters have."""
+    (course / "pyproject.toml").write_text(f'[tool.mechinterp-course]\ngithub = "{github}"\n')
+    (course / "README.md").write_text(f"# A course\n\n{colab.LINKS_START}\n{colab.LINKS_END}\nThe end.\n")
+    path = course / "solutions" / CHAPTER / f"{CHAPTER}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[0].source = "# Chapter 1 · Circuits, in small: a fixture\n\n" + nb.cells[0].source
+    first = colab.first_code_cell(nb)
+    first.source = 'COURSE = "mechinterp-course @ git+https://example.invalid/old"\n' + first.source
+    nbformat.write(nb, path)
+    return path
+
+
+def test_the_install_line_and_the_colab_links_come_from_the_one_setting(course):
+    solution = _with_setting(course, "someone/fork@dev")
+    assert notebooks.check_built(course) == [CHAPTER, "README.md"]
+    notebooks.build(course_dir=course)
+    requirement = "mechinterp-course @ git+https://github.com/someone/fork@dev"
+    for path in (solution, course / "chapters" / CHAPTER / f"{CHAPTER}.ipynb"):
+        assert colab.install_source(nbformat.read(path, as_version=4)) == requirement
+    link = f"https://colab.research.google.com/github/someone/fork/blob/dev/chapters/{CHAPTER}/{CHAPTER}.ipynb"
+    readme = (course / "README.md").read_text()
+    assert f"[Chapter 01 · Circuits, in small]({link})." in readme and readme.endswith("The end.\n")
+    assert notebooks.check_built(course) == []
+
+    # Change the setting: everything that comes from it is stale, and one build brings it back.
+    (course / "pyproject.toml").write_text('[tool.mechinterp-course]\ngithub = "someone/fork@main"\n')
+    assert notebooks.check_built(course) == [CHAPTER, "README.md"]
+    notebooks.build(course_dir=course)
+    assert colab.install_source(nbformat.read(solution, as_version=4)).endswith("someone/fork@main")
+    assert "/blob/main/" in (course / "README.md").read_text() and notebooks.check_built(course) == []
+
+
+def test_a_bad_setting_or_a_missing_install_line_is_a_clear_error(course):
+    solution = _with_setting(course, "not a repository")
+    with pytest.raises(CourseError, match=r"should be OWNER/NAME@BRANCH .*got 'not a repository'"):
+        notebooks.build(course_dir=course)
+    (course / "pyproject.toml").write_text('[tool.mechinterp-course]\ngithub = "a/b@main"\n')
+    nb = nbformat.read(solution, as_version=4)
+    first = colab.first_code_cell(nb)
+    first.source = first.source.split("\n", 1)[1]  # the install line removed
+    nbformat.write(nb, solution)
+    with pytest.raises(CourseError, match=r'no line COURSE = "..."'):
+        notebooks.build(course_dir=course)
+
+
+def test_the_repository_readme_links_every_chapter_from_the_setting():
+    github = colab.read_github(ROOT)
+    readme = (ROOT / "README.md").read_text()
+    for chapter in notebooks.list_chapters(ROOT):
+        assert f"({colab.colab_url(github, chapter)})" in readme
+    assert readme.count("https://colab.research.google.com/") == len(notebooks.list_chapters(ROOT))
 
 
 def test_resolve_chapter_and_course_dir(course, monkeypatch):

@@ -530,6 +530,97 @@ def test_nbgrader_autograde_in_the_folder_grades_sealed_notebooks_and_refuses_th
     shutil.rmtree(folder.parent)
 
 
+#: nbgrader 0.9.6's grading page loads MathJax 2 from a CDN (its template hard-codes the address); offline the
+#: request is refused and formgrade.js then fails on ``MathJax``. Maths in answers is not typeset; nothing else is
+#: lost (the scores below are entered on that page). Any other outside request or console error fails the test.
+FORMGRADER_MATHJAX = "https://cdnjs.cloudflare.com/ajax/libs/mathjax/"
+FORMGRADER_MATHJAX_ERRORS = (
+    "Failed to load resource: net::ERR_FAILED",
+    "uncaught MathJax is not defined",
+)
+
+
+def _round_like_nbgrader(value: float) -> float:
+    """The formgrader shows scores rounded to 2 decimals (its roundToPrecision)."""
+    return round(value * 100) / 100
+
+
+def test_the_formgrader_lists_the_batch_and_takes_a_manual_grade(batch, tmp_path):
+    """``jupyter lab`` in (a copy of) the grading folder, Nbgrader > Formgrader in the browser: every submission is
+    listed with the score the grader gave it, and a score typed into the field of a written answer lands in the
+    gradebook and in the listed total."""
+    import browser
+    from nbgrader.api import Gradebook
+    from playwright.sync_api import sync_playwright
+
+    executable = browser.chromium()
+    folder = tmp_path / "grading"
+    shutil.copytree(batch.out_dir, folder, ignore=shutil.ignore_patterns(grade.STATE_DIR))
+    artifacts = browser.artifacts_dir("formgrader")
+    server = browser.instructor_lab(folder, tmp_path / "home")
+    guard = browser.Guard()
+    student, manual = "solution", 1.5
+    expected = {
+        r.student_id: (_round_like_nbgrader(r.score), _round_like_nbgrader(r.max_score)) for r in batch.students
+    }
+    try:
+        with sync_playwright() as playwright:
+            chromium = browser.launch(playwright, executable)
+            context = chromium.new_context(viewport=browser.VIEWPORT)
+            guard.attach(context)
+            page = context.new_page()
+            guard.watch(page, "formgrader")
+            page.goto(f"{server.url}/lab")
+            browser.menu(page, "Nbgrader", "Formgrader")
+            frame = page.frame_locator("iframe[src*='formgrader']")
+            frame.locator("td.num-submissions a").wait_for(timeout=60_000)
+            listed_count = frame.locator("td.num-submissions a").text_content().strip()
+            frame.locator("td.num-submissions a").click()
+
+            def listed() -> dict[str, tuple[float, float]]:
+                frame.locator("#main-table tr td.score").first.wait_for(timeout=60_000)
+                rows = frame.locator("#main-table tr")
+                scores = {}
+                for i in range(rows.count()):
+                    score, max_score = rows.nth(i).locator("td.score").text_content().split("/")
+                    scores[rows.nth(i).locator("td.student-id").text_content().strip()] = (
+                        float(score),
+                        float(max_score),
+                    )
+                return scores
+
+            before = listed()
+            page.screenshot(path=str(artifacts / "submissions.png"))
+            frame.locator("a", has_text="Manual Grading").click()
+            frame.locator("#main-table a", has_text=CHAPTER).first.click()  # the chapter
+            frame.locator("#main-table a", has_text=CHAPTER).first.click()  # its notebook
+            frame.locator(f"#main-table tr:has(a.name-shown:text-is('{student}')) a.name-hidden").click()
+            field = frame.locator("input#answer-hidden")
+            field.fill(str(manual))
+            field.press("Tab")  # the formgrader saves a score when its field loses focus
+            page.screenshot(path=str(artifacts / "manual-grade.png"))
+            saved = None
+            for _ in range(100):
+                with Gradebook(f"sqlite:///{folder / 'gradebook.db'}") as gb:
+                    saved = gb.find_grade("answer-hidden", CHAPTER, CHAPTER, student).manual_score
+                if saved is not None:
+                    break
+                page.wait_for_timeout(100)
+            page.goto(f"{server.url}/formgrader/manage_submissions/{CHAPTER}")
+            frame = page  # the same page, opened on its own
+            after = listed()
+            page.screenshot(path=str(artifacts / "submissions-after.png"))
+            chromium.close()
+    finally:
+        server.stop()
+    assert listed_count == str(len(STUDENTS))
+    assert before == expected
+    assert saved == manual
+    assert after == dict(before, **{student: (before[student][0] + manual, before[student][1])})
+    assert all(url.startswith(FORMGRADER_MATHJAX) for url in guard.refused), guard.refused
+    assert all(e.split(": ", 1)[1] in FORMGRADER_MATHJAX_ERRORS for e in guard.console_errors), guard.console_errors
+
+
 def _grade_rows(gradebook: Path) -> list[tuple]:
     query = (
         "select sa.student_id, c.name, g.auto_score, g.manual_score, g.needs_manual_grade from grade g "
