@@ -375,7 +375,7 @@ def scan(paths, chapter: str, workdir: Path, zone: dt.tzinfo) -> list[Found]:
         else:
             root, shown = path, path.name
         # A zip of a folder, or a download extracted into one: look inside the wrapper (not a student's folder).
-        while True:
+        while not (root / chapter).is_dir():  # (a student's folder of an nbgrader tree is not a wrapper)
             entries = [e for e in root.iterdir() if not JUNK.match(e.name) and not e.name.startswith(".")]
             wrapper = entries[0] if len(entries) == 1 and entries[0].is_dir() else None
             if wrapper is None or MOODLE_FOLDER.match(wrapper.name) or (wrapper / chapter).is_dir():
