@@ -46,7 +46,7 @@ CHAPTER_STATUS: dict[str, str] = {
     "03": "planned",
     "04": "planned",
     "05": "planned",
-    "06": "planned",
+    "06": "ready",
 }
 
 
