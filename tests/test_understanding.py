@@ -530,3 +530,44 @@ def test_north_star_feedback():
     fails(checks.north_star, dict(good, landing="short", measured=1.0), match="'landing' should be a sentence")
     fails(checks.north_star, dict(good, measured="high"), match="'measured' should be the number")
     fails(checks.north_star, dict(good), match="exactly the keys")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The solution cells work as graded: from their own source, with no library and (weights) no training
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "grade_id", "no_training"),
+    [
+        ("induction_weights", "test-induction", True),
+        ("fourier_weights", "test-fourier", True),
+        ("run_program", "test-run", False),
+    ],
+)
+def test_the_solution_cells_run_in_a_box_of_their_own(name, grade_id, no_training, capsys):
+    """Graded, these functions run from their cell's source with torch, einops, math, numpy and functools only
+    (instructor.judge.defining_source and its runner), the weights with the training lock in place first."""
+    import functools
+    import pathlib
+
+    import einops
+    import nbformat
+    import numpy
+
+    from mechinterp_course.instructor import judge
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "solutions" / "06_understanding" / "06_understanding.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+    source = judge.defining_source(nb, index, name)
+    assert "@exercise" not in source and "mechinterp_course" not in source and "understanding" not in source
+    box = {"__name__": "__student__", "torch": torch, "einops": einops, "math": math, "np": numpy}
+    box.update(numpy=numpy, functools=functools)
+    unlock = training_lock.lock() if no_training else (lambda: None)
+    try:
+        exec(compile(source, "<the cell>", "exec"), box)
+        function = box[name]
+    finally:
+        unlock()
+    passes(getattr(checks, name), function, capsys=capsys)
