@@ -571,3 +571,16 @@ def test_the_solution_cells_run_in_a_box_of_their_own(name, grade_id, no_trainin
     finally:
         unlock()
     passes(getattr(checks, name), function, capsys=capsys)
+
+
+def test_a_table_of_answers_is_not_the_fourier_algorithm():
+    """fourier_weights must give the algorithm's logits, not only its answers: a one-hot table of the right answers
+    puts 2 * n_keys / (p - 1) of its variance on the key terms, the chapter's recipe 8 / pi^2."""
+    p, keys = 31, [2, 9]
+    x = torch.arange(p)
+    table = torch.nn.functional.one_hot((x[:, None] + x[None, :]) % p, p).double()
+    assert checks.logit_key_share(table, keys) == pytest.approx(2 * len(keys) / (p - 1))
+    assert checks.logit_key_share(table, keys) < understanding.KEY_LOGIT_SHARE
+    model = understanding.model_from_weights(reference.fourier_weights(p, keys))
+    recipe = checks.logit_key_share(understanding.logit_grid(model, p), keys)
+    assert recipe == pytest.approx(8 / math.pi**2, abs=0.01) and recipe > understanding.KEY_LOGIT_SHARE

@@ -93,6 +93,10 @@ WEIGHTS_SECONDS = 10.0
 #: A hand-written modular-addition model's embedding of the numbers must have at least this share of its variance
 #: (over the numbers, per dimension, summed) on the cos/sin waves of the key frequencies it was asked for.
 KEY_EMBEDDING_SHARE = 0.99
+#: ... and its logits (each pair's centred over the answers) at least this share of their variance on the terms
+#: cos/sin(w_k (a + b - c)) of those frequencies: the algorithm's output, not a table of answers (a table of one-hot
+#: answers has 2 * n_keys / (p - 1) of it; the chapter's recipe 8 / pi^2).
+KEY_LOGIT_SHARE = 0.5
 
 
 def _sizes(weights: Mapping[str, Any]) -> dict[str, int]:

@@ -56,6 +56,7 @@ from . import (
     INDUCTION_LOSS_TARGET,
     INDUCTION_TASK,
     KEY_EMBEDDING_SHARE,
+    KEY_LOGIT_SHARE,
     MAX_PROGRAM_NUMBERS,
     MODADD_ACCURACY_TARGET,
     PROGRAM_AGREEMENT_TARGET,
@@ -289,6 +290,20 @@ def key_share(W_E: Tensor, p: int, keys: list[int]) -> float:
     return float((basis @ centred).pow(2).sum() / centred.pow(2).sum().clamp_min(1e-30))
 
 
+def logit_key_share(grid: Tensor, keys: list[int]) -> float:
+    """Share of the variance of ``grid [p, p, p]`` (logits over a, b, c; each pair centred over c) on the terms
+    ``cos(w_k (a + b - c))`` and ``sin(w_k (a + b - c))`` of ``keys`` (orthogonal for distinct keys)."""
+    p = grid.shape[0]
+    centred = grid.double() - grid.double().mean(-1, keepdim=True)
+    x = torch.arange(p, dtype=torch.float64)
+    angle = 2 * math.pi * (x[:, None, None] + x[None, :, None] - x[None, None, :]) / p
+    captured = 0.0
+    for k in keys:
+        for wave in (torch.cos(k * angle), torch.sin(k * angle)):
+            captured += float((centred * wave).sum() ** 2 / wave.pow(2).sum())
+    return captured / float(centred.pow(2).sum().clamp_min(1e-30))
+
+
 @check("fourier_weights")
 def fourier_weights(fn: Callable) -> str:
     """``fn(p, key_freqs) -> weights``: a 1-layer model with an MLP computing (a + b) mod p at ``key_freqs``."""
@@ -320,8 +335,15 @@ def fourier_weights(fn: Callable) -> str:
                 f"(mod {p}) instead of {int(answers[row])}. Check each step on that pair: the attention output at "
                 f"'=' (cos w a + cos w b, ...), the neurons' pre-activations, and the logits."
             )
+        logit_share = logit_key_share(logit_grid(model, p), keys)
+        if logit_share < KEY_LOGIT_SHARE:
+            fail(
+                f"{context} the model is right, but only {logit_share:.0%} of its logits' variance lies on the terms "
+                f"cos/sin(w_k (a + b - c)) of the key frequencies (at least {KEY_LOGIT_SHARE:.0%} needed): the "
+                f"logits should be the algorithm's sum of cosines, not a table of answers."
+            )
     shown = "; ".join(f"p = {p} at {keys}" for p, keys in cases)
-    return f"right on every pair for {shown}, embedding on the given frequencies"
+    return f"right on every pair for {shown}; embedding and logits on the given frequencies"
 
 
 # --------------------------------------------------------------------------------------------------------------
