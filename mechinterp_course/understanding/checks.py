@@ -744,7 +744,7 @@ def sampled_soundness(model, certified: Tensor, generator: torch.Generator) -> t
     return cells[row], inputs[row]
 
 
-@check("certify", depends_on=("brute_force_correct",))
+@check("certify")
 def certify(fn: Callable) -> str:
     """``fn(model) -> [d_vocab, d_vocab, d_vocab] bool``: cells proven right from the weights."""
     # Known answer: a sharp, noiseless model is right everywhere and the proof must say so.
