@@ -6,6 +6,8 @@ a batch of submissions is graded.
     ./course bench --only recipes --recipe modadd-113   # a long recipe (tens of minutes): only when named
     ./course bench --only grading --grading-chapter 01_circuits --copies 30
     ./course bench --only class --grading-chapter 00_history --students 40
+    ./course bench --only notebooks --notebook 06_understanding         # one chapter's notebook
+    ./course bench --only proofs       # chapter 06: brute-force verification and the compact proof, timed
 
 Each solution notebook is executed in a fresh Jupyter kernel (as a student would run it: no sandbox, no grading);
 wall time is measured around the whole execution (kernel start included) and peak memory is the largest resident
@@ -43,8 +45,15 @@ RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 SAMPLE_INTERVAL_S = 0.05
 MB = 1024 * 1024
 
+#: Chapter 06's brute-force verification of its max-of-K model (issue 13): at most this many seconds.
+BRUTE_FORCE_TARGET_S = 60
 #: Targets from the issues: chapter -> (seconds, megabytes); recipe -> seconds.
-NOTEBOOK_TARGETS = {"00_history": (120, 2048), "01_circuits": (180, 2048), "02_grokking": (240, 2048)}
+NOTEBOOK_TARGETS = {
+    "00_history": (120, 2048),
+    "01_circuits": (180, 2048),
+    "02_grokking": (240, 2048),
+    "06_understanding": (240, 2048),
+}
 RECIPE_TARGETS = {"induction-2l": 60}
 #: Grading targets (issue 8): seconds per submission at --jobs 1 at most this multiple of the notebook's own run
 #: time, and --jobs 2 at least this much faster than --jobs 1 on 2 cores.
@@ -244,6 +253,30 @@ def bench_in_notebook_grokking() -> dict:
     }
 
 
+def bench_proofs() -> dict:
+    """Chapter 06's max-of-K model (trained as the notebook trains it), verified by brute force over every input and
+    bounded by the compact proof of exercise 4.2 (the reference answers), each timed."""
+    from mechinterp_course import understanding
+    from mechinterp_course.understanding import reference
+
+    setup = understanding.MAX_OF_K
+    with torch.no_grad():
+        model, run = understanding.train_max_of_k(setup, progress=False)
+        correct, brute_seconds = understanding.timed(reference.brute_force_correct, model)
+        certified, proof_seconds = understanding.timed(reference.certify, model)
+    sizes = understanding.cell_sizes(setup.d_vocab, setup.k)
+    return {
+        "inputs": int(sizes.sum()),
+        "train_seconds": round(run.seconds, 1),
+        "accuracy": float(correct.sum() / sizes.sum()),
+        "seconds": round(brute_seconds, 1),
+        "bound": round(understanding.bound_from_certificate(certified, setup.k), 4),
+        "proof_seconds": round(proof_seconds, 2),
+        "unsound_cells": int((certified & (correct < sizes)).sum()),
+        "target_seconds": BRUTE_FORCE_TARGET_S,
+    }
+
+
 def machine() -> str:
     return (
         f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
@@ -288,6 +321,12 @@ def write_markdown(results: dict) -> None:
             f"{r['per_executed_notebook']} s per executed notebook; the same command again (after manual "
             f"grading) {r['regrade_seconds']} s | {r['seconds']} | | | |"
         )
+    for name, r in results.get("proofs", {}).items():
+        lines.append(
+            f"| {name}: brute force over {r['inputs']:,} inputs, accuracy {r['accuracy']:.6f}; the compact proof "
+            f"(cells m, q, s) proves {r['bound']} in {r['proof_seconds']} s, {r['unsound_cells']} unsound cells "
+            f"| {r['seconds']} | {r['target_seconds']} | | |"
+        )
     for name, r in results.get("in_notebook", {}).items():
         lines.append(
             f"| in-notebook training, {name} ({r['steps']} steps; 99% test accuracy at step "
@@ -306,7 +345,13 @@ def write_markdown(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["notebooks", "recipes", "grading", "class"])
+    parser.add_argument("--only", choices=["notebooks", "recipes", "grading", "class", "proofs"])
+    parser.add_argument(
+        "--notebook",
+        action="append",
+        metavar="CHAPTER",
+        help="with --only notebooks: only this chapter's notebook (repeatable); the others keep their last figures",
+    )
     parser.add_argument("--students", type=int, default=40, help="class size in the class benchmark (default: 40)")
     parser.add_argument(
         "--grading-chapter",
@@ -326,6 +371,8 @@ def main() -> None:
     if args.only in (None, "notebooks"):
         results["notebooks"] = {}
         for path in sorted((ROOT / "solutions").glob("*/*.ipynb")):
+            if args.notebook and path.parent.name not in args.notebook:
+                continue
             results["notebooks"][path.parent.name] = bench_notebook(path)
             print(path.parent.name, results["notebooks"][path.parent.name], flush=True)
     if args.only in (None, "recipes"):
@@ -337,6 +384,12 @@ def main() -> None:
                 parser.error(f"unknown recipe {name!r}; known: {sorted(recipes.RECIPES)}")
             results["recipes"][name] = bench_recipe(name)
             print(name, results["recipes"][name], flush=True)
+    if args.only in (None, "proofs"):
+        from mechinterp_course.understanding import MAX_OF_K
+
+        name = f"chapter 06 max-of-{MAX_OF_K.k} over {MAX_OF_K.d_vocab} tokens"
+        results["proofs"] = {name: bench_proofs()}
+        print(results["proofs"], flush=True)
     if args.only in (None, "recipes"):
         results["in_notebook"] = {"grokking p=59": bench_in_notebook_grokking()}
         print(results["in_notebook"], flush=True)
@@ -348,7 +401,7 @@ def main() -> None:
     if args.only == "class":
         chapter = args.grading_chapter
         results["class"] = {chapter: bench_class(chapter, args.students, jobs=2)}
-    for key in ("notebooks", "recipes", "in_notebook", "grading", "class"):
+    for key in ("notebooks", "recipes", "in_notebook", "grading", "class", "proofs"):
         results[key] = {**previous.get(key, {}), **results.get(key, {})}
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results)

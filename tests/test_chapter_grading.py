@@ -52,6 +52,33 @@ WRONG_ANSWERS = {
         "test-ssw",
         "sum_of_squared_weights",
     ),
+    "06_understanding": (
+        "ex-induction",
+        "@exercise\ndef induction_weights(d_vocab, d_model, n_ctx):\n"
+        "    with torch.enable_grad():  # tunes a scale with Adam first: training, which grading refuses\n"
+        "        scale = torch.ones(1, requires_grad=True)\n"
+        "        torch.optim.Adam([scale], lr=0.1).step()\n"
+        "    v, n, h = d_vocab, n_ctx, max(d_vocab, n_ctx)\n"
+        "    w = {'W_E': torch.zeros(v, d_model), 'W_pos': torch.zeros(n, d_model), 'W_U': torch.zeros(d_model, v)}\n"
+        "    for name in ('W_Q', 'W_K', 'W_V'):\n"
+        "        w[name] = torch.zeros(2, 1, d_model, h)\n"
+        "    w['W_O'] = torch.zeros(2, 1, h, d_model)\n"
+        "    t, p, s = torch.arange(v), torch.arange(n), 30 * h**0.5\n"
+        "    w['W_E'][t, t] = 1\n"
+        "    w['W_pos'][p, v + p] = 1\n"
+        "    w['W_Q'][0, 0, v + p, p] = s\n"
+        "    w['W_K'][0, 0, v + p[:-1], p[1:]] = 1\n"
+        "    w['W_V'][0, 0, t, t] = 1\n"
+        "    w['W_O'][0, 0, t, v + n + t] = 1\n"
+        "    w['W_Q'][1, 0, t, t] = s\n"
+        "    w['W_K'][1, 0, v + n + t, t] = 1\n"
+        "    w['W_V'][1, 0, t, t] = 1\n"
+        "    w['W_O'][1, 0, t, 2 * v + n + t] = 1\n"
+        "    w['W_U'][2 * v + n + t, t] = 30\n"
+        "    return w\n",
+        "test-induction",
+        "is not available here",
+    ),
 }
 #: Code that silences every error in the kernel, and code that replaces every check with one that passes.
 SILENCE = "get_ipython().showtraceback = lambda *args, **kwargs: None"

@@ -271,9 +271,9 @@ def test_ladder_and_north_stars_are_each_practised_by_a_chapter():
         assert item["practised_in"] and set(item["practised_in"]) <= set(history.CHAPTERS), item
         assert item["how"].strip(), item
     stars = {star["star"]: star for star in history.NORTH_STARS}
-    assert stars["Trace model outputs to the specific training data examples"]["practised_in"] == ("00",)
+    assert stars["Trace model outputs to the specific training data examples"]["practised_in"] == ("00", "06")
     proof = stars["Provide a mathematical proof of a learned circuit/subnetwork being optimal"]
-    assert proof["practised_in"] == ("02",) and proof["how"].startswith("read, not proved: Morwani et al.")
+    assert proof["practised_in"] == ("02", "06") and proof["how"].startswith("read, not proved: Morwani et al.")
     necessary = next(rung for rung in history.LADDER if rung["rung"] == "Necessary conditions")
     assert history.ladder_label(necessary) == "Necessary conditions: Could it have been anything else?"
 

@@ -4,7 +4,8 @@
   passes; see :mod:`.exercises`);
 - :func:`check` declares a check; inside it, :func:`trials` draws seeded inputs, :func:`call` and :func:`raises`
   run the student's code, :func:`compare` and :func:`fail` give feedback (see :mod:`.core`);
-- :func:`tokens_only` runs a function that may see its arguments only (see :mod:`.provenance`).
+- :func:`tokens_only` runs a function that may see its arguments only, :func:`no_training` one that also cannot
+  train (see :mod:`.provenance`).
 
 The record of which exercises passed is :data:`RECORD`.
 """
@@ -40,7 +41,7 @@ from .core import (
     wrong_answers,
 )
 from .exercises import Exercise, exercise, grading, reference_of
-from .provenance import is_remote, tokens_only, unwrap_exercise
+from .provenance import is_remote, no_training, tokens_only, unwrap_exercise
 
 __all__ = [
     "ATOL",
@@ -69,6 +70,7 @@ __all__ = [
     "is_hidden",
     "is_remote",
     "layer_head_index",
+    "no_training",
     "raises",
     "reference_of",
     "seed_for",

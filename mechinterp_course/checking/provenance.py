@@ -269,3 +269,23 @@ def tokens_only(fn: Callable, what: str) -> Callable:
         return result
 
     return run
+
+
+def no_training(fn: Callable, what: str) -> Callable:
+    """``fn`` as a function that sees only its arguments (:func:`tokens_only`) and cannot train while it runs: no
+    optimiser, no autograd (:mod:`.training_lock`). For exercises that write a model's weights by hand. A graded
+    notebook's stand-in runs it in a process of its own, locked before the cell's imports run."""
+    if is_remote(fn):
+        return fn.isolated(what, no_training=True)
+    from . import training_lock
+
+    inner = tokens_only(fn, what)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        unlock = training_lock.lock()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            unlock()
+
+    return run

@@ -46,7 +46,7 @@ CHAPTER_STATUS: dict[str, str] = {
     "03": "planned",
     "04": "planned",
     "05": "planned",
-    "06": "planned",
+    "06": "ready",
 }
 
 
@@ -917,47 +917,54 @@ NORTH_STARS: list[dict] = [
         "star": "Synthesize the program of a deep neural network",
         "slide": 83,
         "success": "[Feb 2024, Tegmark] Synthesizing the program of the learned model",
-        "practised_in": ("02",),
-        "how": "the learned modular-addition algorithm written out as a short program of Fourier features (Grokking)",
+        "practised_in": ("02", "06"),
+        "how": "the learned modular-addition algorithm written out as a short program of Fourier features (Grokking); "
+        "the program read out of the grokked model's weights, run with no model, and measured against the model (What "
+        "counts as mechanistic understanding)",
     },
     {
         "star": "Write (by hand) the model weights for a given task, from a MI explanation",
         "slide": 83,
         "success": "[Jan 2021, Olah] Ability to (blindly) hand write the model weights",
-        "practised_in": ("05",),
+        "practised_in": ("05", "06"),
         "how": "toy models of attention superposition constructed by hand before any are trained (Attention "
-        "superposition)",
+        "superposition); an induction circuit and modular addition written by hand for any size, with no optimiser "
+        "(What counts as mechanistic understanding)",
     },
     {
         "star": "Provide an analytic form",
         "slide": 80,
         "success": "[Dec 2023, Reddy] Provide an analytic form",
-        "practised_in": ("02",),
-        "how": "the logits as a sum of cosines of the key frequencies (Grokking)",
+        "practised_in": ("02", "06"),
+        "how": "the logits as a sum of cosines of the key frequencies (Grokking), and the equal margins that form "
+        "predicts (What counts as mechanistic understanding)",
     },
     {
         "star": "Trace the learning dynamics of capability emergence down to the optimizer",
         "slide": 83,
         "success": None,
-        "practised_in": ("01", "02"),
+        "practised_in": ("01", "02", "06"),
         "how": "when induction heads form (Circuits, from the model card's training log); progress measures through "
-        "memorisation, circuit formation and clean-up (Grokking)",
+        "memorisation, circuit formation and clean-up (Grokking); the program forming over the training snapshots "
+        "(What counts as mechanistic understanding)",
     },
     {
         "star": "Trace model outputs to the specific training data examples",
         "slide": 83,
         "success": None,
-        "practised_in": ("00",),
+        "practised_in": ("00", "06"),
         "how": "the training digits whose last-layer loss gradient most supports or opposes a test digit's, at the "
-        "final checkpoint (TracIn-style gradient similarity; this chapter, section 4)",
+        "final checkpoint (TracIn-style gradient similarity; this chapter, section 4); the same for a max-of-K "
+        "model (What counts as mechanistic understanding)",
     },
     {
         "star": "Provide a mathematical proof of a learned circuit/subnetwork being optimal",
         "slide": 83,
         "success": "[Nov 2023, Morwani] Proof of a learned circuit being optimal (learning-wise)",
-        "practised_in": ("02",),
+        "practised_in": ("02", "06"),
         "how": "read, not proved: Morwani et al. in Grokking's reading list, beside the chapter's plot of the training "
-        "margin over the trajectory (the quantity their argument is about)",
+        "margin over the trajectory (the quantity their argument is about); proofs of a lower bound on a max-of-K "
+        "model's accuracy, not of optimality (What counts as mechanistic understanding)",
     },
 ]
 

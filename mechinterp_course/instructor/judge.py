@@ -36,7 +36,7 @@ import nbformat
 import torch
 from nbformat import NotebookNode
 
-from ..checking import CheckFailed, ExerciseRecord, StudentError, current_record, using_record
+from ..checking import CheckFailed, ExerciseRecord, StudentError, current_record, training_lock, using_record
 from . import execute, export, wire
 
 #: A kernel call's time limit when the check has not set one (the cell timeout is passed in by the grader).
@@ -95,24 +95,25 @@ class KernelFunction:
         except (wire.WireError, ValueError, KeyError) as error:
             raise StudentError(["TypeError"], f"the grader cannot read what your function returned: {error}") from None
 
-    def isolated(self, what: str) -> IsolatedFunction:
-        return IsolatedFunction(self.judge, self.name, what)
+    def isolated(self, what: str, no_training: bool = False) -> IsolatedFunction:
+        return IsolatedFunction(self.judge, self.name, what, no_training)
 
 
 class IsolatedFunction:
     """The student's function ``name`` run from the source of the solution cell that defines it, in a box with no
     course library, no model and no network (:meth:`Plan.spec` with ``isolate``). It can use ``torch``,
     ``einops``, ``math``, ``numpy`` (as ``np``) and ``functools``, and the cell's own imports, constants and
-    functions (without decorators)."""
+    functions (without decorators). With ``no_training`` the box also has no optimiser and no autograd
+    (``checking.training_lock``), locked before the cell's own imports run."""
 
     runs_in_kernel = True
 
-    def __init__(self, judge: Judge, name: str, what: str):
-        self.judge, self.name, self.what = judge, name, what
+    def __init__(self, judge: Judge, name: str, what: str, no_training: bool = False):
+        self.judge, self.name, self.what, self.no_training = judge, name, what, no_training
         self.__name__ = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.judge.isolated_call(self.name, self.what, args, kwargs)
+        return self.judge.isolated_call(self.name, self.what, args, kwargs, self.no_training)
 
 
 #: What the isolated box runs: read the wire module's source, then the student's cell, then calls, from stdin.
@@ -131,8 +132,13 @@ wire = types.ModuleType("wire")
 exec(compile(read()["wire"], "wire.py", "exec"), wire.__dict__)
 namespace = {"__name__": "__student__", "torch": torch, "einops": einops, "math": math, "np": numpy,
              "numpy": numpy, "functools": functools}
+cell = read()
+if cell.get("prelude"):
+    prelude = types.ModuleType("training_lock")
+    exec(compile(cell["prelude"], "training_lock.py", "exec"), prelude.__dict__)
+    prelude.lock()
 try:
-    exec(compile(read()["source"], "<your cell>", "exec"), namespace)
+    exec(compile(cell["source"], "<your cell>", "exec"), namespace)
     send({"ready": True})
 except BaseException as error:
     send({"error": {"kinds": [k.__name__ for k in type(error).__mro__][:-1], "message": str(error)}})
@@ -182,7 +188,7 @@ class Judge:
         self._nb: NotebookNode | None = None
         self._index = 0
         self._isolated: subprocess.Popen | None = None
-        self._isolated_for: str | None = None
+        self._isolated_for: tuple[str, bool] | None = None
         self._spare: subprocess.Popen | None = None
 
     # -- one test cell -----------------------------------------------------------------------------------------
@@ -259,10 +265,10 @@ class Judge:
 
     # -- functions that may see their arguments only -----------------------------------------------------------
 
-    def isolated_call(self, name: str, what: str, args: tuple, kwargs: dict) -> Any:
+    def isolated_call(self, name: str, what: str, args: tuple, kwargs: dict, no_training: bool = False) -> Any:
         source = defining_source(self._nb, self._index, name)
-        if self._isolated is None or self._isolated_for != source:  # one process per defining cell
-            self._start_isolated(source, what)
+        if self._isolated is None or self._isolated_for != (source, no_training):  # one process per defining cell
+            self._start_isolated(source, what, no_training)
         request = {"name": name, "args": base64.b64encode(wire.dump_call(args, kwargs)).decode()}
         message = self._exchange(request)
         if "error" in message:
@@ -314,12 +320,13 @@ class Judge:
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
         )
 
-    def _start_isolated(self, source: str, what: str) -> None:
+    def _start_isolated(self, source: str, what: str, no_training: bool = False) -> None:
         self._stop_isolated()
         self._isolated, self._spare = self._spare or self._spawn(), None
-        self._isolated_for = source
+        self._isolated_for = (source, no_training)
         self._send({"wire": Path(wire.__file__).read_text()})
-        self._send({"source": source})
+        prelude = Path(training_lock.__file__).read_text() if no_training else ""
+        self._send({"source": source, "prelude": prelude})
         ready = self._receive()
         if "error" in ready:
             self._stop_isolated()
