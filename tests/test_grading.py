@@ -576,9 +576,10 @@ def test_the_formgrader_lists_the_batch_and_takes_a_manual_grade(batch, tmp_path
             listed_count = frame.locator("td.num-submissions a").text_content().strip()
             frame.locator("td.num-submissions a").click()
 
-            def listed() -> dict[str, tuple[float, float]]:
-                frame.locator("#main-table tr td.score").first.wait_for(timeout=60_000)
-                rows = frame.locator("#main-table tr")
+            def listed(scope) -> dict[str, tuple[float, float]]:
+                """Student id -> (score, max score) as the submissions page lists them."""
+                scope.locator("#main-table tr td.score").first.wait_for(timeout=60_000)
+                rows = scope.locator("#main-table tr")
                 scores = {}
                 for i in range(rows.count()):
                     score, max_score = rows.nth(i).locator("td.score").text_content().split("/")
@@ -588,7 +589,7 @@ def test_the_formgrader_lists_the_batch_and_takes_a_manual_grade(batch, tmp_path
                     )
                 return scores
 
-            before = listed()
+            before = listed(frame)
             page.screenshot(path=str(artifacts / "submissions.png"))
             frame.locator("a", has_text="Manual Grading").click()
             frame.locator("#main-table a", has_text=CHAPTER).first.click()  # the chapter
@@ -605,9 +606,8 @@ def test_the_formgrader_lists_the_batch_and_takes_a_manual_grade(batch, tmp_path
                 if saved is not None:
                     break
                 page.wait_for_timeout(100)
-            page.goto(f"{server.url}/formgrader/manage_submissions/{CHAPTER}")
-            frame = page  # the same page, opened on its own
-            after = listed()
+            page.goto(f"{server.url}/formgrader/manage_submissions/{CHAPTER}")  # the same page, on its own
+            after = listed(page)
             page.screenshot(path=str(artifacts / "submissions-after.png"))
             chromium.close()
     finally:
