@@ -252,10 +252,20 @@ def _use_score_widget(run: NotebookRun, root: Path) -> None:
     }
 
 
+def _picture(run: NotebookRun, target, path: Path) -> None:
+    """The window with ``target`` scrolled to its middle, as a student scrolling there sees it. Scrolled twice: cells
+    that come into view are laid out then (JupyterLab skips laying out what is off screen), which moves the rest."""
+    for wait_ms in (300, 150):
+        target.evaluate("element => element.scrollIntoView({block: 'center'})")
+        run.page.wait_for_timeout(wait_ms)
+    run.page.screenshot(path=str(path))
+    run.screenshots.append(path)
+
+
 def _screenshots(run: NotebookRun, folder: Path, tick=lambda: None) -> None:
-    """The window as the run left it, and each rich output of the solution (figures, views, widgets) or the first
-    failed check of the student notebook, one picture each. ``tick`` is called between pictures (to keep the other
-    notebook going)."""
+    """The window as the run left it, then scrolled to each rich output of the solution (figures, views, widgets)
+    or to the first failed check of the student notebook, one picture each. ``tick`` is called between pictures (to
+    keep the other notebook going)."""
     panel = run.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
     stem = f"{run.chapter}-{run.kind}"
     path = folder / f"{stem}.png"
@@ -267,16 +277,12 @@ def _screenshots(run: NotebookRun, folder: Path, tick=lambda: None) -> None:
             ".jp-OutputArea-child:has(.jupyter-widgets)"
         )
         for i in range(outputs.count()):
-            path = folder / f"{stem}-{i + 1:02d}.png"
-            outputs.nth(i).screenshot(path=str(path))
-            run.screenshots.append(path)
+            _picture(run, outputs.nth(i), folder / f"{stem}-{i + 1:02d}.png")
             tick()
     else:
         failed = panel.locator(".jp-CodeCell:has([data-mime-type='application/vnd.jupyter.stderr'])")
         if failed.count():
-            path = folder / f"{stem}-first-error.png"
-            failed.first.screenshot(path=str(path))
-            run.screenshots.append(path)
+            _picture(run, failed.first, folder / f"{stem}-first-error.png")
 
 
 @dataclass
