@@ -172,6 +172,23 @@ def save_snapshots(snapshots: dict[int, dict[str, torch.Tensor]], name: str, zoo
     return path
 
 
+def save_file(name: str, suffix: str, content: bytes, zoo_dir: Path | None = None) -> Path:
+    """Write a file that ships beside a zoo model (``NAME.SUFFIX``: its tokenizer, a token sample)."""
+    weights_path, _ = _paths(name, zoo_dir)
+    path = weights_path.with_name(f"{name}.{suffix}")
+    path.write_bytes(content)
+    return path
+
+
+def zoo_file(name: str, suffix: str, zoo_dir: Path | None = None) -> Path:
+    """The path of a file shipped beside a zoo model (see :func:`save_file`); a clear error when it is missing."""
+    weights_path, _ = _paths(name, zoo_dir)
+    path = weights_path.with_name(f"{name}.{suffix}")
+    if not path.exists():
+        raise KeyError(f"Zoo model {name!r} ships no {suffix!r} (looked for {path}).")
+    return path
+
+
 def load_snapshots(name: str, zoo_dir: Path | None = None) -> dict[int, dict[str, torch.Tensor]]:
     """``{step: state_dict}`` (float32) of a zoo model's shipped training trajectory."""
     from safetensors.torch import load_file

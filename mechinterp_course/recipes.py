@@ -123,6 +123,8 @@ def build(name: str, seed: int = 0, progress: bool = True, zoo_dir=None, **overr
     models.save(model, name, card, zoo_dir=zoo_dir)
     if getattr(model, "snapshots", None):
         models.save_snapshots(model.snapshots, name, zoo_dir=zoo_dir)
+    for suffix, content in getattr(model, "zoo_files", {}).items():  # a tokenizer, a token sample: NAME.SUFFIX
+        models.save_file(name, suffix, content, zoo_dir=zoo_dir)
     return model, card, time.perf_counter() - start
 
 
@@ -285,3 +287,186 @@ def _accuracy_curve(snapshots: dict, data) -> list[dict]:
             }
         )
     return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# stdlib-2l: the course's language model, trained on real text (chapters 03 and 04)
+# --------------------------------------------------------------------------------------------------------------
+
+#: Why this size. On 2 CPU cores a training step costs about 6 x parameters x tokens flops and the cores deliver
+#: roughly 70 Gflop/s, so the 2-hour budget buys ~25M tokens (~3 passes over the library) for a ~1.5M-parameter
+#: model. d_model 128 with 4 heads of 32 gives heads wide enough to hold a token's identity (induction needs it);
+#: d_mlp 512 is the usual 4 x d_model (and the SAE chapter's activation width); n_ctx 256 leaves room for in-context
+#: learning to show (Olsson et al.'s score compares a late token with an early one). LayerNorm (not folded) and GELU,
+#: as in GPT-2, so that chapter 03 can measure how the final LayerNorm's rescaling repairs an ablation.
+STDLIB_CONFIG = models.ModelConfig(
+    n_layers=2,
+    d_model=128,
+    n_heads=4,
+    d_head=32,
+    d_mlp=512,
+    d_vocab=4096,
+    n_ctx=256,
+    attn_only=False,
+    act_fn="gelu",
+    normalization_type="LN",
+)
+STDLIB_TRAIN = dict(
+    batch=32,
+    seq_len=256,
+    steps=3000,
+    lr=2e-3,
+    warmup_steps=100,
+    decay_to=0.1,
+    weight_decay=0.1,
+    betas=(0.9, 0.95),
+    grad_clip=1.0,
+    eval_every=25,
+    snapshot_every=50,
+    threads=2,
+)
+#: Olsson et al.'s in-context-learning score: loss at a late token minus loss at an early one (they use the 500th
+#: and the 50th of 512); ours, in a 256-token context: positions 200 and 20, each averaged over a window of +-4.
+ICL_EARLY, ICL_LATE, ICL_WINDOW = 20, 200, 4
+#: The held-out rows the card's metrics (and the tests that re-measure them) use: the first EVAL_ROWS rows of the
+#: shipped held-out sample.
+STDLIB_EVAL_ROWS = 256
+#: Snapshots shipped (fp16, about 3 MB each): those where the in-context-learning score first reaches these fractions
+#: of its final value, which brackets the phase change where induction heads form (the bump in the loss curve).
+STDLIB_SNAPSHOT_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+def per_position_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``[batch, pos - 1]`` cross-entropy of each next token (position ``i`` predicts token ``i + 1``)."""
+    log_probs = logits[:, :-1].log_softmax(-1)
+    return -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
+
+
+def lm_metrics(model, tokens: torch.Tensor) -> dict[str, float]:
+    """Held-out loss and the in-context-learning score on ``tokens`` ``[batch, seq_len]`` (BOS-first rows)."""
+    losses = []
+    with torch.no_grad():
+        for rows in tokens.split(64):
+            losses.append(per_position_loss(model(rows), rows))
+    loss = torch.cat(losses).mean(0)  # [pos - 1]: mean loss of predicting token pos + 1
+    window = lambda centre: loss[centre - 1 - ICL_WINDOW : centre + ICL_WINDOW].mean()  # noqa: E731
+    return {
+        "held_out_loss": float(loss.mean()),
+        "icl_score": float(window(ICL_LATE) - window(ICL_EARLY)),
+        "loss_at_early_token": float(window(ICL_EARLY)),
+        "loss_at_late_token": float(window(ICL_LATE)),
+    }
+
+
+def ngram_baselines(train_stream: torch.Tensor, held_out: torch.Tensor, d_vocab: int) -> dict[str, float]:
+    """Cross-entropy on the held-out rows of a unigram and a bigram model counted on the train stream.
+
+    Unigram: add-one smoothing. Bigram: ``p(b | a) = (count(a, b) + p_unigram(b)) / (count(a) + 1)``, a Dirichlet
+    prior of weight 1 towards the unigram, so unseen pairs keep a probability without a tuned constant. The loss
+    is over the same predicted tokens as the model's (every token after BOS)."""
+    stream = train_stream.long()
+    unigram = torch.bincount(stream, minlength=d_vocab).double() + 1
+    unigram /= unigram.sum()
+    pair_counts = torch.bincount(stream[:-1] * d_vocab + stream[1:], minlength=d_vocab * d_vocab).double()
+    pair_counts = pair_counts.reshape(d_vocab, d_vocab)
+    previous, target = held_out[:, :-1].long().reshape(-1), held_out[:, 1:].long().reshape(-1)
+    bigram = (pair_counts[previous, target] + unigram[target]) / (pair_counts[previous].sum(-1) + 1)
+    return {
+        "unigram_loss": float(-unigram[target].log().mean()),
+        "bigram_loss": float(-bigram.log().mean()),
+    }
+
+
+@recipe("stdlib-2l")
+def train_stdlib_2l(seed: int = 0, progress: bool = True, steps: int | None = None):
+    """A 2-layer transformer language model trained on the standard library's source (``mechinterp_course.text``).
+
+    Ships with its tokenizer, the held-out rows as tokens (so chapters measure the same numbers on every Python),
+    the loss and in-context-learning curves, and fp16 snapshots around the phase change where induction heads
+    form. Deterministic for a seed on a given machine and Python (the corpus hash and the thread count are on the
+    card); about an hour on 2 cores."""
+    from . import text
+
+    spec = dict(STDLIB_TRAIN, steps=steps or STDLIB_TRAIN["steps"])
+    corpus = text.read_corpus()
+    tokenizer = text.train_tokenizer(corpus.train, STDLIB_CONFIG.d_vocab)
+    bos = tokenizer.token_to_id(text.BOS)
+    train_stream = text.encode_files(tokenizer, corpus.train)
+    train_rows = text.windows(train_stream, spec["seq_len"], bos)  # [n_rows, seq_len]
+    held_out = text.windows(text.encode_files(tokenizer, corpus.held_out), spec["seq_len"], bos)
+    eval_rows = held_out[:STDLIB_EVAL_ROWS]
+
+    def batch_fn(step: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(1_000_003 * (seed + 1) + step)
+        return train_rows[torch.randint(len(train_rows), (spec["batch"],), generator=generator)]
+
+    model = models.make_model(STDLIB_CONFIG, seed=seed)
+    LOGGED = ("held_out_loss", "icl_score")  # measured on the first 64 held-out rows while training  # noqa: N806
+    result = train(
+        model,
+        batch_fn,
+        lambda m, tokens: next_token_loss(m(tokens), tokens),
+        TrainConfig(
+            steps=spec["steps"],
+            lr=spec["lr"],
+            weight_decay=spec["weight_decay"],
+            betas=spec["betas"],
+            warmup_steps=spec["warmup_steps"],
+            decay_to=spec["decay_to"],
+            grad_clip=spec["grad_clip"],
+            eval_every=spec["eval_every"],
+            snapshot_every=spec["snapshot_every"],
+            threads=spec["threads"],
+            progress=progress,
+            description="stdlib-2l",
+        ),
+        eval_fn=lambda m: {k: v for k, v in lm_metrics(m, eval_rows[:64]).items() if k in LOGGED},
+    )
+    final_icl = result.log[-1]["icl_score"]
+    shipped_steps = []
+    for fraction in STDLIB_SNAPSHOT_FRACTIONS:
+        # The first logged step at or beyond the fraction (ICL scores are negative: more negative = more in-context
+        # learning), rounded down to a step that has a snapshot.
+        reached = next(row["step"] for row in result.log if row["icl_score"] <= fraction * final_icl)
+        snapshot_step = max(s for s in result.snapshots if s <= reached)
+        if snapshot_step not in shipped_steps:
+            shipped_steps.append(snapshot_step)
+    card = {
+        "recipe": "stdlib-2l",
+        "description": "2-layer transformer (attention + MLP, LayerNorm, GELU) trained on the source code of "
+        "Python's standard library with a 4096-token byte-level BPE; the course's real-text language model.",
+        "config": models.config_dict(STDLIB_CONFIG),
+        "seed": seed,
+        "training": dict(spec, optimizer="AdamW", data="text.read_corpus: stdlib .py files, train split"),
+        "corpus": {
+            "python": corpus.python,
+            "sha256": corpus.sha256,
+            "files": {"train": len(corpus.train), "held_out": len(corpus.held_out)},
+            "bytes": corpus.n_bytes,
+            "tokens": {"train": len(train_stream), "held_out_rows": len(held_out), "seq_len": spec["seq_len"]},
+            "held_out_rule": f"sha256(relative path) % {text.HELD_OUT_MODULUS} == 0",
+        },
+        "tokenizer": {"vocab_size": tokenizer.get_vocab_size(), "sha256_16": text.tokenizer_fingerprint(tokenizer)},
+        "tokens_seen": spec["steps"] * spec["batch"] * spec["seq_len"],
+        "train_seconds": round(result.seconds, 1),
+        "trained_on": f"{platform.machine()}, {spec['threads']} threads, torch {torch.__version__}",
+        "metrics": lm_metrics(model, eval_rows),
+        "baselines": ngram_baselines(train_stream, eval_rows, STDLIB_CONFIG.d_vocab),
+        "icl_definition": f"mean loss at tokens {ICL_LATE}+-{ICL_WINDOW} minus at {ICL_EARLY}+-{ICL_WINDOW}, "
+        f"over the first {STDLIB_EVAL_ROWS} held-out rows (Olsson et al. 2022)",
+        "snapshot_steps": shipped_steps,
+        "log": [{k: (v if k == "step" else _significant(v)) for k, v in row.items()} for row in result.log],
+    }
+    model.snapshots = {step: result.snapshots[step] for step in shipped_steps}
+    model.zoo_files = {
+        "tokenizer.json": tokenizer.to_str().encode(),
+        "tokens.safetensors": _tokens_file(held_out),
+    }
+    return model, card
+
+
+def _tokens_file(rows: torch.Tensor) -> bytes:
+    """Held-out rows as int16 safetensors bytes (token ids < 32768): the chapters' measuring set."""
+    from safetensors.torch import save
+
+    return save({"held_out": rows.to(torch.int16).contiguous()}, metadata={"dtype": "token ids, BOS = 0"})

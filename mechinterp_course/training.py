@@ -15,6 +15,7 @@ In a notebook ``tqdm.auto`` draws a notebook progress bar; training that stops e
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0  # linear warm-up from lr / warmup_steps
+    decay_to: float | None = None  # after warm-up, cosine decay of the learning rate to lr * decay_to at the end
     eval_every: int = 100
     snapshot_every: int | None = None  # keep a copy of the weights every this many steps (and after the last)
     grad_clip: float | None = None
@@ -52,6 +54,18 @@ class TrainResult:
         return [row["step"] for row in rows], [row[key] for row in rows]
 
 
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """The learning rate at ``step`` as a fraction of ``config.lr``: linear warm-up, then constant or a cosine decay
+    to ``decay_to`` (language models train better when the rate falls at the end; the small algorithmic models do
+    not need it)."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.decay_to is None:
+        return 1.0
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.decay_to + (1 - config.decay_to) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 def train(
     model: torch.nn.Module,
     batch_fn: Callable[[int], object],
@@ -71,10 +85,8 @@ def train(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas
     )
     scheduler = None
-    if config.warmup_steps:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps)
-        )
+    if config.warmup_steps or config.decay_to is not None:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
