@@ -293,11 +293,11 @@ def _accuracy_curve(snapshots: dict, data) -> list[dict]:
 # stdlib-2l: the course's language model, trained on real text (chapters 03 and 04)
 # --------------------------------------------------------------------------------------------------------------
 
-#: Why this size. On 2 CPU cores a training step costs about 6 x parameters x tokens flops and the cores deliver
-#: roughly 70 Gflop/s, so the 2-hour budget buys ~25M tokens (~3 passes over the library) for a ~1.5M-parameter
-#: model. d_model 128 with 4 heads of 32 gives heads wide enough to hold a token's identity (induction needs it);
-#: d_mlp 512 is the usual 4 x d_model (and the SAE chapter's activation width); n_ctx 256 leaves room for in-context
-#: learning to show (Olsson et al.'s score compares a late token with an early one). LayerNorm (not folded) and GELU,
+#: Why this size. A training step costs about 6 x parameters x tokens flops; one CPU core delivers roughly 40 Gflop/s
+#: on these matrices, so an hour buys ~20M tokens (~2 passes over the library) for a ~1.5M-parameter model.
+#: d_model 128 with 4 heads of 32 gives heads wide enough to hold a token's identity (induction needs it); d_mlp 512
+#: is the usual 4 x d_model (and the SAE chapter's activation width); n_ctx 256 leaves room for in-context learning
+#: to show (Olsson et al.'s score compares a late token with an early one). LayerNorm (not folded) and GELU,
 #: as in GPT-2, so that chapter 03 can measure how the final LayerNorm's rescaling repairs an ablation.
 STDLIB_CONFIG = models.ModelConfig(
     n_layers=2,
@@ -314,7 +314,7 @@ STDLIB_CONFIG = models.ModelConfig(
 STDLIB_TRAIN = dict(
     batch=32,
     seq_len=256,
-    steps=3000,
+    steps=2400,
     lr=2e-3,
     warmup_steps=100,
     decay_to=0.1,
@@ -323,7 +323,7 @@ STDLIB_TRAIN = dict(
     grad_clip=1.0,
     eval_every=25,
     snapshot_every=50,
-    threads=2,
+    threads=1,  # one core: as fast per core as two, and the machine stays usable while it trains
 )
 #: Olsson et al.'s in-context-learning score: loss at a late token minus loss at an early one (they use the 500th
 #: and the 50th of 512); ours, in a 256-token context: positions 200 and 20, each averaged over a window of +-4.
@@ -384,7 +384,7 @@ def train_stdlib_2l(seed: int = 0, progress: bool = True, steps: int | None = No
     Ships with its tokenizer, the held-out rows as tokens (so chapters measure the same numbers on every Python),
     the loss and in-context-learning curves, and fp16 snapshots around the phase change where induction heads
     form. Deterministic for a seed on a given machine and Python (the corpus hash and the thread count are on the
-    card); about an hour on 2 cores."""
+    card); about an hour on one core."""
     from . import text
 
     spec = dict(STDLIB_TRAIN, steps=steps or STDLIB_TRAIN["steps"])
