@@ -66,6 +66,39 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def is_cached(name: str) -> bool:
+    """Whether the Hugging Face cache already holds ``name``'s config (so loading it needs no network). Looks at the
+    disk only: it never opens a connection."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id=str(name), filename="config.json"), str)
+    except Exception:  # an invalid repo id, an unreadable cache: not cached
+        return False
+
+
+def should_load(name: str, choice: bool | str = "auto") -> tuple[bool, str]:
+    """``(load?, why)`` for a notebook's optional real-model section. ``choice`` True or False decides; ``"auto"``
+    loads only when that costs no surprise download: the model is already cached, or the notebook runs on Colab or
+    on a GPU (where the download is quick and expected). Never opens a connection."""
+    import sys
+
+    if choice is True or choice is False:
+        return choice, "as you chose"
+    if choice != "auto":
+        raise ValueError(f"choice must be True, False or 'auto', not {choice!r}")
+    if is_cached(name):
+        return True, f"{name} is in the Hugging Face cache"
+    if "google.colab" in sys.modules:
+        return True, "running on Colab"
+    if torch.cuda.is_available():
+        return True, "a GPU is available"
+    return False, (
+        f"{name} is not cached and this looks like a laptop (no GPU, not Colab): set the choice to True to "
+        f"download it (GPT-2 small is about 550 MB)"
+    )
+
+
 def load_pretrained(name: str | Path = DEFAULT_MODEL, device: str | None = None, **kwargs: Any):
     """A Hugging Face model wrapped in a TransformerLens 4.x ``TransformerBridge``, in eval mode.
 

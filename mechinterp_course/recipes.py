@@ -358,6 +358,15 @@ def lm_metrics(model, tokens: torch.Tensor) -> dict[str, float]:
     }
 
 
+def stdlib_metrics(model, zoo_dir=None) -> dict[str, float]:
+    """``lm_metrics`` on the shipped held-out sample's first ``STDLIB_EVAL_ROWS`` rows: what the card records and the
+    tests re-measure (the same tokens on every machine, whatever its Python)."""
+    from safetensors.torch import load_file
+
+    path = models.zoo_file("stdlib-2l", "tokens.safetensors", zoo_dir)
+    return lm_metrics(model, load_file(str(path))["held_out"][:STDLIB_EVAL_ROWS].long())
+
+
 def ngram_baselines(train_stream: torch.Tensor, held_out: torch.Tensor, d_vocab: int) -> dict[str, float]:
     """Cross-entropy on the held-out rows of a unigram and a bigram model counted on the train stream.
 

@@ -152,3 +152,39 @@ def test_hub_name_really_offline_fails_fast_with_the_hint():
         pytest.skip("this machine's Hugging Face cache holds gpt2")
     with pytest.raises(real_models.PretrainedUnavailableError, match="needs the network or a Hugging Face cache"):
         real_models.load_pretrained("gpt2", device="cpu")
+
+
+def test_should_load_never_surprises_a_laptop_with_a_download(monkeypatch):
+    assert real_models.should_load("gpt2", True)[0] and not real_models.should_load("gpt2", False)[0]
+    monkeypatch.setattr(real_models, "is_cached", lambda name: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    load, why = real_models.should_load("gpt2")
+    assert not load and "550 MB" in why
+    monkeypatch.setattr(real_models, "is_cached", lambda name: True)
+    assert real_models.should_load("gpt2") == (True, "gpt2 is in the Hugging Face cache")
+    with pytest.raises(ValueError, match="auto"):
+        real_models.should_load("gpt2", "yes")
+
+
+def test_backup_measurement_runs_on_the_tiny_gpt2(bridge):
+    """Chapter 03's GPT-2 section (ARENA's hydra measurement) on the offline tiny GPT-2: the code path runs, and its
+    identities hold: predicted = clean - direct effect; ablating with the prompts' own mean changes nothing."""
+    from mechinterp_course.backup import language
+
+    names = ["A", "B", "C", "D", "E", "F"]  # one byte each: one token in the tiny byte-level tokenizer
+    prompts = language.ioi_prompts(bridge.tokenizer, n_per_template=4, names=names)
+    for group in prompts.values():
+        assert group.tokens.shape == group.abc_tokens.shape and len(group.io) == 4
+        assert (group.io != group.s).all()
+    result = language.backup_measurement(bridge, prompts, layer=1, head=0)
+    assert set(result) == set(language.ARENA_BACKUP)
+    assert result["predicted_after_ablation"] == pytest.approx(result["logit_diff"] - result["direct_effect"])
+    # One prompt per template whose ABC twin is itself: the mean is the head's own value, the ablation a no-op.
+    same = {
+        k: language.IOIPrompts(g.tokens[:1], g.io[:1], g.s[:1], g.template[:1], g.tokens[:1])
+        for k, g in prompts.items()
+    }
+    noop = language.backup_measurement(bridge, same, layer=1, head=0)
+    assert noop["direct_effect"] == pytest.approx(0, abs=1e-5)
+    assert noop["measured_after_ablation"] == pytest.approx(noop["logit_diff"], abs=1e-5)
+    assert noop["ln_scale_ratio"] == pytest.approx(1, abs=1e-5)
