@@ -105,37 +105,54 @@ def resample_permutation(batch: int, seed: int) -> Tensor:
     return (torch.arange(batch) + torch.randint(1, batch, (1,), generator=generator)) % batch
 
 
+def _cached_run(model, tokens: Tensor, fwd_hooks=()):
+    """A forward pass that caches only what :func:`logit_parts` reads (a full cache of 128 texts is ~1 GB)."""
+    wanted = {"hook_embed", "hook_pos_embed", "ln_final.hook_scale", "unembed.hook_out"}
+    for layer in range(model.cfg.n_layers):
+        wanted |= {f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"}
+    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
+    return cache
+
+
 def resample_ablated_parts(
-    model, tokens: Tensor, layer: int, head: int, seed: int = 0
+    model, tokens: Tensor, layer: int, head: int, seed: int = 0, clean_cache=None
 ) -> tuple[LogitParts, LogitParts]:
     """``(clean, ablated)`` logit parts when head ``L{layer}H{head}``'s ``hook_z`` is replaced, at every position,
-    by its value on another row of ``tokens`` (Rushing & Nanda's resample ablation)."""
+    by its value on another row of ``tokens`` (Rushing & Nanda's resample ablation). Pass ``clean_cache`` (from
+    an earlier call's run) to skip the clean forward pass."""
     source = resample_permutation(len(tokens), seed)
+    clean_cache = _cached_run(model, tokens) if clean_cache is None else clean_cache
+    donor = clean_cache[f"blocks.{layer}.attn.hook_z"][source, :, head]  # [batch, pos, d_head]
+
+    def replace(z: Tensor, hook) -> Tensor:
+        z = z.clone()
+        z[:, :, head] = donor
+        return z
+
+    ablated_cache = _cached_run(model, tokens, [(f"blocks.{layer}.attn.hook_z", replace)])
     with torch.no_grad():
-        _, clean_cache = model.run_with_cache(tokens)
-        donor = clean_cache[f"blocks.{layer}.attn.hook_z"][source, :, head]  # [batch, pos, d_head]
-
-        def replace(z: Tensor, hook) -> Tensor:
-            z = z.clone()
-            z[:, :, head] = donor
-            return z
-
-        with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", replace)]):
-            _, ablated_cache = model.run_with_cache(tokens)
-    return logit_parts(model, clean_cache, tokens), logit_parts(model, ablated_cache, tokens)
+        return logit_parts(model, clean_cache, tokens), logit_parts(model, ablated_cache, tokens)
 
 
 def self_repair_table(model, tokens: Tensor, repair_parts, summarise, fraction: float = TOP_FRACTION, seed: int = 0):
     """Every head resample-ablated in turn; ``repair_parts`` and ``summarise`` are the chapter's exercises 4.1 and
-    4.2 (yours once they pass). Returns a pandas DataFrame, one row per head (``L0H0`` ..)."""
+    4.2 (yours once they pass). Returns a pandas DataFrame, one row per head (``L0H0`` ..), with ``summarise``'s
+    columns and ``repair_spread``: the standard deviation of the per-token repair (direct - total) over the same
+    top tokens, relative to their mean direct effect (how noisy the repair is)."""
     import pandas as pd
 
+    clean_cache = _cached_run(model, tokens)
     rows = {}
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
             name = f"L{layer}H{head}"
-            clean, ablated = resample_ablated_parts(model, tokens, layer, head, seed=seed)
-            rows[name] = summarise(repair_parts(clean, ablated, name), fraction)
+            clean, ablated = resample_ablated_parts(model, tokens, layer, head, seed=seed, clean_cache=clean_cache)
+            parts = repair_parts(clean, ablated, name)
+            direct = parts["direct"].flatten()
+            top = direct.topk(max(1, int(fraction * direct.numel()))).indices
+            repair = (parts["direct"] - parts["total"]).flatten()[top]
+            rows[name] = dict(summarise(parts, fraction), repair_spread=float(repair.std() / direct[top].mean()))
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
