@@ -26,7 +26,12 @@ def test_card_is_complete_and_metrics_remeasure(name):
         assert key in card, f"card of {name} lacks {key}"
     assert card["n_params"] == models.n_params(model)
     assert card["size_bytes"] == (models.ZOO_DIR / f"{name}.safetensors").stat().st_size
-    metric_fn = {"induction-2l": recipes.induction_metrics, "modadd-113": recipes.modadd_metrics}[card["recipe"]]
+    metric_fn = {
+        "induction-2l": recipes.induction_metrics,
+        "modadd-113": recipes.modadd_metrics,
+        "backup-plain": recipes.backup_metrics,
+        "backup-dropout": recipes.backup_metrics,
+    }[card["recipe"]]
     measured = metric_fn(model)
     for key, value in card["metrics"].items():
         # Relative: modadd-113's final losses are ~1e-7, where an absolute tolerance would check nothing.
