@@ -52,6 +52,7 @@ NOTEBOOK_TARGETS = {
     "00_history": (120, 2048),
     "01_circuits": (180, 2048),
     "02_grokking": (240, 2048),
+    "03_backup": (240, 2048),
     "06_understanding": (240, 2048),
 }
 RECIPE_TARGETS = {"induction-2l": 60}

@@ -50,6 +50,8 @@ ATOL_EFFECT, RTOL_EFFECT = 1e-4, 1e-4
 EFFECT_NAMES = ("the direct effect of the ablation", "the total effect", "the self-repair")
 PAPER_KEYS = ("ioi", "hydra", "self-repair", "copy-suppression")
 FINDING_LETTERS = ("A", "B", "C", "D", "E", "F")
+#: Random models' weights are scaled by this (a fresh model's effects are too small to tell ablations apart).
+WEIGHT_SCALE = 3.0
 
 
 def _setup(trial: Trial, n_layers: int = 2, n_heads: int = 3) -> BackupConfig:
@@ -66,13 +68,17 @@ def _setup(trial: Trial, n_layers: int = 2, n_heads: int = 3) -> BackupConfig:
 
 
 def _random_model(config: BackupConfig, seed: int):
-    """A freshly initialised model with random biases too (so the bias terms are not all zero)."""
+    """A freshly initialised model with its weights scaled up (so that heads' effects are of order 1, as in a trained
+    model, and sharp attention makes later heads react to earlier ones) and random output biases (so that the
+    bias terms are not all zero)."""
     model = models.make_model(config.model_config(), seed=seed)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith("b_O") or name.endswith("b_U") or "b_O" in name or "b_U" in name:
+            if "b_O" in name or "b_U" in name:
                 parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+            elif parameter.ndim > 1:
+                parameter.mul_(WEIGHT_SCALE)
     return model
 
 
@@ -179,10 +185,12 @@ def ablation_effects(fn) -> str:
     # Against the reference, every kind, random heads.
     for trial in trials(4 if is_hidden() else 3):
         config = _setup(trial, n_layers=3, n_heads=2)
+        config = replace(config, n_layers=max(2, config.n_layers))
         model = _random_model(config, trial.seed % 2**31)
         batch = _prompts(config, trial)
         replacement = _prompts(config, Trial(0, trial.seed + 1, torch.Generator())).tokens
-        layer, head = _head(config, trial)
+        # A head with layers after it: the only kind whose total effect can differ from its direct effect.
+        layer, head = trial.randint(0, config.n_layers - 2), trial.randint(0, config.n_heads - 1)
         for kind in ABLATION_KINDS:
             context = f"for L{layer}H{head} of a random {config.n_layers}-layer model, {kind} ablation"
             result = _effects(fn, model, batch, layer, head, kind, replacement, context)
@@ -245,7 +253,7 @@ def direct_effect_shift(fn) -> str:
 
 
 def _random_heads(config: BackupConfig, trial: Trial, low: int, high: int) -> list[tuple[int, int]]:
-    every = [(l, h) for l in range(config.n_layers) for h in range(config.n_heads)]
+    every = [(layer, head) for layer in range(config.n_layers) for head in range(config.n_heads)]
     order = torch.randperm(len(every), generator=trial.generator)
     count = trial.randint(min(low, len(every)), min(high, len(every)))
     return sorted(every[int(i)] for i in order[:count])
@@ -259,7 +267,7 @@ def incompleteness(fn) -> str:
         config = _setup(trial, n_layers=3, n_heads=3)
         model = _random_model(config, trial.seed % 2**31)
         batch = _prompts(config, trial)
-        every = [(l, h) for l in range(config.n_layers) for h in range(config.n_heads)]
+        every = [(layer, head) for layer in range(config.n_layers) for head in range(config.n_heads)]
         clean = float(logit_diff(model(batch.tokens), batch.io, batch.s).mean())
         # Known answers: the whole model as the circuit; K empty.
         removed = _random_heads(config, trial, 1, 3)

@@ -59,13 +59,9 @@ def direct_effects(model, z_end: torch.Tensor, io: torch.Tensor, s: torch.Tensor
     """
     direction = model.W_U[:, io] - model.W_U[:, s]  # [d_model, batch]
     out = einops.einsum(
-        z_end,
-        model.W_O,
-        "batch layer head d_head, layer head d_head d_model -> batch layer head d_model",
-    )
-    return einops.einsum(
-        out, direction, "batch layer head d_model, d_model batch -> batch layer head"
-    )
+        z_end, model.W_O, "b layer head d_head, layer head d_head d_model -> b layer head d_model"
+    )  # [batch, n_layers, n_heads, d_model]
+    return einops.einsum(out, direction, "b layer head d_model, d_model b -> b layer head")
 
 
 def ablation_effects(
@@ -85,9 +81,8 @@ def ablation_effects(
     Defined in solutions/03_backup/03_backup.ipynb, exercise 2.2.
     """
     clean_logits, clean_z = backup.run_ablated(model, tokens)
-    ablated_logits, ablated_z = backup.run_ablated(
-        model, tokens, [(layer, head)], kind, replacement
-    )
+    ablated = [(layer, head)]
+    ablated_logits, ablated_z = backup.run_ablated(model, tokens, ablated, kind, replacement)
     direct = (
         direct_effects(model, clean_z, io, s)[:, layer, head]
         - direct_effects(model, ablated_z, io, s)[:, layer, head]
@@ -137,7 +132,8 @@ def incompleteness(
     """
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     kept = {tuple(h) for h in circuit} - {tuple(h) for h in removed}
-    outside = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in kept]
+    every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    outside = [pair for pair in every if pair not in kept]
     circuit_logits, _ = backup.run_ablated(model, tokens, outside, kind)
     model_logits, _ = backup.run_ablated(model, tokens, [tuple(h) for h in removed], kind)
     return torch.stack(
