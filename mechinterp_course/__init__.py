@@ -18,6 +18,7 @@ One room per chapter, each of the same shape: the chapter's tools (``__init__`` 
 - ``history``   chapter 00, History and landscape;
 - ``circuits``  chapter 01, Circuits;
 - ``grokking``  chapter 02, Grokking;
+- ``backup``    chapter 03, Backup behaviour;
 - ``understanding``  chapter 06, What counts as mechanistic understanding.
 
 The instructor's tools are ``instructor``: ``build`` (student notebooks and reference modules from the solutions),

@@ -479,3 +479,63 @@ def _tokens_file(rows: torch.Tensor) -> bytes:
     from safetensors.torch import save
 
     return save({"held_out": rows.to(torch.int16).contiguous()}, metadata={"dtype": "token ids, BOS = 0"})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# backup-plain and backup-dropout: the backup chapter's toy models (symbolic IOI, attention-only)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def backup_metrics(model) -> dict[str, float]:
+    """Accuracy, logit difference and backup score (mean ablation, the chapter's reference ``ablation_effects``)
+    on the chapter's evaluation prompts; re-measured by the tests from the shipped checkpoint."""
+    from . import backup
+    from .backup import reference
+
+    batch = backup.prompts(backup.PLAIN_CONFIG)
+    measured = backup.backup_score(model, batch, reference.ablation_effects)
+    return {
+        "accuracy": backup.accuracy(model, batch),
+        "logit_diff": measured["logit_diff"],
+        "backup_score": measured["score"],
+        "n_movers": len(measured["movers"]),
+    }
+
+
+def _train_backup_recipe(name: str, config, seed: int, progress: bool, steps: int | None):
+    from dataclasses import replace
+
+    from . import backup
+
+    config = replace(config, seed=seed, steps=steps or config.steps)
+    run = backup.train_backup(config, progress=progress, threads=1)
+    card = {
+        "recipe": name,
+        "description": "3-layer attention-only transformer on symbolic IOI (BOS X Y f f S END -> IO), soft "
+        f"targets (label noise {config.label_noise}), head dropout {config.head_dropout}: the backup chapter's "
+        "toy model.",
+        "config": models.config_dict(config.model_config()),
+        "seed": seed,
+        "training": backup.config_dict(config),
+        "train_seconds": round(run.seconds, 1),
+        "trained_on": f"{platform.machine()}, 1 thread, torch {torch.__version__}",
+        "metrics": backup_metrics(run.model),
+        "log": run.log,
+    }
+    return run.model, card
+
+
+@recipe("backup-plain")
+def train_backup_plain(seed: int = 0, progress: bool = True, steps: int | None = None):
+    """The backup chapter's model trained plainly (no head dropout): about 15 s on one core."""
+    from . import backup
+
+    return _train_backup_recipe("backup-plain", backup.PLAIN_CONFIG, seed, progress, steps)
+
+
+@recipe("backup-dropout")
+def train_backup_dropout(seed: int = 0, progress: bool = True, steps: int | None = None):
+    """The backup chapter's model trained with head dropout 0.3: about 15 s on one core."""
+    from . import backup
+
+    return _train_backup_recipe("backup-dropout", backup.DROPOUT_CONFIG, seed, progress, steps)

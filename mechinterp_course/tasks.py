@@ -164,3 +164,53 @@ def modular_addition(p: int, train_fraction: float, seed: int = 0, split: Callab
     train, test = split(p * p, train_fraction, seed)
     train, test = torch.as_tensor(train, dtype=torch.long), torch.as_tensor(test, dtype=torch.long)
     return ModularAddition(p, tokens[train], labels[train], tokens[test], labels[test])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Symbolic indirect object identification (the backup chapter)
+# --------------------------------------------------------------------------------------------------------------
+
+#: Positions of a symbolic IOI prompt ``BOS X Y f f S END``: the two names, the repeated name, the answer position.
+IOI_X, IOI_Y, IOI_S2, IOI_END = 1, 2, 5, 6
+IOI_LENGTH = 7
+
+
+@dataclass
+class SymbolicIOI:
+    """A batch of symbolic IOI prompts ``BOS X Y f f S END`` (Wang et al. 2022, with symbols for names).
+
+    ``{X, Y} = {IO, S}`` in random order, ``f`` are random filler tokens, and the subject ``S`` is repeated at
+    position 5; the answer at ``END`` is the indirect object ``IO``, the name that is *not* repeated. Token 0 is
+    ``BOS``, names are ``1 .. n_names``, fillers the next ``n_fillers`` tokens, and ``END`` the last token."""
+
+    tokens: Tensor  # [batch, 7]
+    io: Tensor  # [batch] the indirect object (the answer)
+    s: Tensor  # [batch] the repeated subject
+
+
+def ioi_vocab(n_names: int, n_fillers: int) -> int:
+    """``d_vocab`` of symbolic IOI: BOS, the names, the fillers and END."""
+    return 1 + n_names + n_fillers + 1
+
+
+def symbolic_ioi(batch: int, n_names: int, n_fillers: int, seed: int | torch.Generator | None = 0) -> SymbolicIOI:
+    """``batch`` symbolic IOI prompts (see :class:`SymbolicIOI`), drawn from ``seed``."""
+    generator = _generator(seed)
+    names = _distinct_tokens(batch, 2, n_names + 1, generator)  # [batch, 2] distinct names in 1 .. n_names
+    io, s = names[:, 0], names[:, 1]
+    io_first = torch.randint(0, 2, (batch,), generator=generator).bool()
+    fillers = torch.randint(1 + n_names, 1 + n_names + n_fillers, (batch, 2), generator=generator)
+    end = 1 + n_names + n_fillers
+    tokens = torch.stack(
+        [
+            torch.full((batch,), BOS),
+            torch.where(io_first, io, s),
+            torch.where(io_first, s, io),
+            fillers[:, 0],
+            fillers[:, 1],
+            s,
+            torch.full((batch,), end),
+        ],
+        dim=1,
+    )
+    return SymbolicIOI(tokens, io, s)

@@ -52,6 +52,16 @@ WRONG_ANSWERS = {
         "test-ssw",
         "sum_of_squared_weights",
     ),
+    "03_backup": (
+        "ex-shift",
+        "@exercise\ndef direct_effect_shift(model, tokens, io, s, layer, head, kind, replacement=None):\n"
+        "    _, clean_z = backup.run_ablated(model, tokens)\n"
+        "    _, ablated_z = backup.run_ablated(model, tokens, [(layer, head)], kind, replacement)\n"
+        "    return (direct_effects(model, clean_z, io, s) - direct_effects(model, ablated_z, io, s)).mean(0)"
+        "  # clean minus ablated: the wrong sign\n",
+        "test-shift",
+        "direct_effect_shift",
+    ),
     "06_understanding": (
         "ex-induction",
         "@exercise\ndef induction_weights(d_vocab, d_model, n_ctx):\n"

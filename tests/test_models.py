@@ -30,6 +30,8 @@ def test_card_is_complete_and_metrics_remeasure(name):
         "induction-2l": recipes.induction_metrics,
         "modadd-113": recipes.modadd_metrics,
         "stdlib-2l": recipes.stdlib_metrics,
+        "backup-plain": recipes.backup_metrics,
+        "backup-dropout": recipes.backup_metrics,
     }[card["recipe"]]
     measured = metric_fn(model)
     for key, value in card["metrics"].items():
