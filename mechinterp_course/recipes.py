@@ -336,19 +336,11 @@ STDLIB_EVAL_ROWS = 256
 STDLIB_SNAPSHOT_FRACTIONS = (0.25, 0.5, 0.75)
 
 
-def per_position_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``[batch, pos - 1]`` cross-entropy of each next token (position ``i`` predicts token ``i + 1``)."""
-    log_probs = logits[:, :-1].log_softmax(-1)
-    return -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
-
-
 def lm_metrics(model, tokens: torch.Tensor) -> dict[str, float]:
     """Held-out loss and the in-context-learning score on ``tokens`` ``[batch, seq_len]`` (BOS-first rows)."""
-    losses = []
-    with torch.no_grad():
-        for rows in tokens.split(64):
-            losses.append(per_position_loss(model(rows), rows))
-    loss = torch.cat(losses).mean(0)  # [pos - 1]: mean loss of predicting token pos + 1
+    from .backup.language import loss_by_position
+
+    loss = loss_by_position(model, tokens)  # [pos - 1]: mean loss of predicting token pos + 1
     window = lambda centre: loss[centre - 1 - ICL_WINDOW : centre + ICL_WINDOW].mean()  # noqa: E731
     return {
         "held_out_loss": float(loss.mean()),

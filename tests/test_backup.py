@@ -15,7 +15,7 @@ from conftest import fails as fails_with  # noqa: E402 - the suite's shared help
 from conftest import own as student  # noqa: E402
 
 from mechinterp_course import backup, models, recipes, tasks
-from mechinterp_course.backup import checks, reference
+from mechinterp_course.backup import checks, language, reference
 from mechinterp_course.checking import CheckFailed
 
 RIGHT_FINDINGS = {
@@ -54,6 +54,8 @@ CHECKED = {
     checks.ablation_effects: reference.ablation_effects,
     checks.direct_effect_shift: reference.direct_effect_shift,
     checks.incompleteness: reference.incompleteness,
+    checks.repair_parts: reference.repair_parts,
+    checks.summarise_repair: reference.summarise_repair,
 }
 IDS = [check.exercise for check in CHECKED]
 
@@ -212,3 +214,70 @@ def test_claim_check_retrains_on_the_graders_seeds(capsys):
 def test_no_tool_is_a_twin_of_an_exercise():
     exercises = set(reference.__all__)
     assert not exercises & set(dir(backup)), exercises & set(dir(backup))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Section 4: self-repair in the language model
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_repair_parts_feedback():
+    def no_rescaling(clean, ablated, head):  # forgets the LayerNorm: the parts no longer add up
+        parts = reference.repair_parts(clean, ablated, head)
+        return dict(parts, layernorm=torch.zeros_like(parts["layernorm"]))
+
+    fails(checks.repair_parts, student(no_rescaling), match="'layernorm'")
+
+    def ablated_scale(clean, ablated, head):  # the direct effect read at the ablated run's scale
+        parts = reference.repair_parts(clean, ablated, head)
+        direct = (clean.components[head] - ablated.components[head]) / ablated.scale
+        return dict(parts, direct=direct)
+
+    fails(checks.repair_parts, student(ablated_scale), match="direct - total should equal layernorm + heads + mlps")
+
+    def counts_itself(clean, ablated, head):  # the ablated head's own change counted as repair by other heads
+        parts = reference.repair_parts(clean, ablated, head)
+        own = (ablated.components[head] - clean.components[head]) / clean.scale
+        return dict(parts, heads=parts["heads"] + own)
+
+    fails(checks.repair_parts, student(counts_itself), match="'heads'")
+    fails(checks.repair_parts, student(lambda clean, ablated, head: [0.0]), match="return a dict")
+
+
+def test_summarise_repair_feedback():
+    def mean_of_ratios(parts, fraction):  # a fraction per token, then averaged: not a ratio of means
+        out = reference.summarise_repair(parts, fraction)
+        direct = parts["direct"].flatten()
+        top = direct.topk(max(1, int(fraction * direct.numel()))).indices
+        return dict(out, layernorm_fraction=float((parts["layernorm"].flatten()[top] / direct[top]).mean()))
+
+    fails(checks.summarise_repair, student(mean_of_ratios), match="'layernorm_fraction'")
+
+    def every_token(parts, fraction):  # forgets to select the top tokens
+        return reference.summarise_repair(parts, 1.0)
+
+    fails(checks.summarise_repair, student(every_token), match="top 20%")
+
+    def never_over(parts, fraction):
+        return dict(reference.summarise_repair(parts, fraction), overcorrected=0.0)
+
+    fails(checks.summarise_repair, student(never_over), match="'overcorrected'")
+
+
+def test_logit_parts_add_up_to_the_language_models_logits():
+    """The accounting identity of section 4 on the shipped model: components / scale + constant = the logit, and
+    an ablation's parts split its self-repair exactly."""
+    model, _, _ = language.language_model()
+    tokens = language.held_out_tokens(4)
+    clean, ablated = language.resample_ablated_parts(model, tokens, layer=0, head=1)
+    for run in (clean, ablated):
+        rebuilt = sum(run.components.values()) / run.scale + run.constant
+        assert torch.allclose(rebuilt, run.logit, atol=1e-4)
+    assert set(clean.components) == set(language.component_names(2, 4))
+    parts = reference.repair_parts(clean, ablated, "L0H1")
+    gap = parts["direct"] - parts["total"] - parts["layernorm"] - parts["heads"] - parts["mlps"]
+    assert gap.abs().max() < 1e-4
+    assert not torch.equal(clean.components["L0H1"], ablated.components["L0H1"])
+    assert torch.equal(clean.components["embed"], ablated.components["embed"])  # upstream: untouched
+    permutation = language.resample_permutation(16, seed=3)
+    assert sorted(permutation.tolist()) == list(range(16)) and (permutation != torch.arange(16)).all()

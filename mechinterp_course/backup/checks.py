@@ -8,7 +8,9 @@ fresh random models and prompts, naming heads ``L1H2``. Hidden tests (``hidden=`
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -44,6 +46,7 @@ from . import (
     run_claim,
     validate_claim,
 )
+from .language import LogitParts, component_names
 
 #: Tolerances for batch means of logit differences (float32 sums over heads).
 ATOL_EFFECT, RTOL_EFFECT = 1e-4, 1e-4
@@ -374,3 +377,227 @@ def my_claim(claim: Any) -> str:
         else f"on {verdicts.count(majority)} of the grader's {len(seeds)} seeds, a majority"
     )
     return f"'{majority}' {where}, as you predicted (your change: {_describe_change(config, change)})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Section 4: self-repair in a language model (Rushing & Nanda 2024)
+# --------------------------------------------------------------------------------------------------------------
+
+REPAIR_KEYS = ("direct", "total", "layernorm", "heads", "mlps")
+SUMMARY_KEYS = (
+    "direct",
+    "total",
+    "self_repair_fraction",
+    "layernorm_fraction",
+    "heads_fraction",
+    "mlps_fraction",
+    "overcorrected",
+)
+
+
+def synthetic_parts(n_layers: int, n_heads: int, shape: tuple[int, int], generator: torch.Generator) -> LogitParts:
+    """A consistent random :class:`LogitParts`: every component random, the scale positive, and the logit equal to
+    ``sum(components) / scale + constant`` as in a real run."""
+    components = {
+        name: torch.randn(shape, generator=generator, dtype=torch.float64) * 3
+        for name in component_names(n_layers, n_heads)
+    }
+    scale = torch.rand(shape, generator=generator, dtype=torch.float64) + 0.5
+    constant = torch.randn(shape, generator=generator, dtype=torch.float64)
+    return LogitParts(components, scale, constant, sum(components.values()) / scale + constant)
+
+
+def perturbed_parts(clean: LogitParts, changed: dict[str, Tensor], scale: Tensor | None = None) -> LogitParts:
+    """``clean`` with some components (and maybe the scale) changed, its logit recomputed."""
+    components = dict(clean.components, **changed)
+    scale = clean.scale if scale is None else scale
+    return LogitParts(components, scale, clean.constant, sum(components.values()) / scale + clean.constant)
+
+
+def _token_index(index: tuple[int, ...]) -> str:
+    return f"text {index[0]}, position {index[1]}" if len(index) == 2 else str(index)
+
+
+def _parts_result(result: Any) -> dict[str, Tensor]:
+    if not isinstance(result, dict):
+        fail(f"return a dict with the keys {list(REPAIR_KEYS)}, got {type(result).__name__}.")
+    missing = [key for key in REPAIR_KEYS if key not in result]
+    if missing:
+        fail(f"your dict lacks {missing}; return all of {list(REPAIR_KEYS)}.")
+    return {key: as_tensor(result[key], f"'{key}'") for key in REPAIR_KEYS}
+
+
+@check("repair_parts")
+def repair_parts(fn: Callable) -> str:
+    """``fn(clean: LogitParts, ablated: LogitParts, head: str) -> {"direct", "total", "layernorm", "heads",
+    "mlps"}``, each ``[batch, pos - 1]``."""
+    trial_list = list(trials(3))
+    anchor = trial_list[0]
+    shape = (3, 5)
+    clean = synthetic_parts(2, 3, shape, anchor.generator)
+    zero = torch.zeros(shape, dtype=torch.float64)
+    # Known answers first. Nothing changed: every part is zero.
+    got = _parts_result(call(fn, clean, clean, "L1H2"))
+    for key in REPAIR_KEYS:
+        compare(got[key].double(), zero, f"'{key}'", atol=1e-6, context="when the ablated run equals the clean one")
+    # Only the ablated head changed, the scale kept: its change is the whole effect, nothing repairs it.
+    moved = torch.randn(shape, generator=anchor.generator, dtype=torch.float64)
+    only_head = perturbed_parts(clean, {"L1H2": clean.components["L1H2"] - moved})
+    got = _parts_result(call(fn, clean, only_head, "L1H2"))
+    compare(
+        got["direct"].double(),
+        moved / clean.scale,
+        "'direct'",
+        atol=1e-6,
+        context="(only L1H2 changed: its change divided by the clean scale)",
+        index=_token_index,
+    )
+    compare(
+        got["total"].double(),
+        moved / clean.scale,
+        "'total'",
+        atol=1e-6,
+        context="(only L1H2 changed, so the logit changed by exactly its direct effect)",
+        index=_token_index,
+    )
+    for key in ("layernorm", "heads", "mlps"):
+        compare(
+            got[key].double(),
+            zero,
+            f"'{key}'",
+            atol=1e-6,
+            context="(only the ablated head changed and the scale did not: nothing repairs it)",
+        )
+    # Only the scale changed: everything is the LayerNorm's.
+    new_scale = clean.scale * 1.25
+    rescaled = perturbed_parts(clean, {}, scale=new_scale)
+    got = _parts_result(call(fn, clean, rescaled, "L0H1"))
+    expected_ln = sum(clean.components.values()) * (1 / new_scale - 1 / clean.scale)
+    compare(
+        got["layernorm"].double(),
+        expected_ln,
+        "'layernorm'",
+        atol=1e-6,
+        index=_token_index,
+        context="(only the final LayerNorm's scale changed, by 1.25x: sum of the ablated run's components "
+        "times (1/ablated scale - 1/clean scale))",
+    )
+    # Then random ablations of every kind; the identity direct - total = layernorm + heads + mlps first.
+    for trial in trial_list:
+        n_layers, n_heads = (trial.randint(1, 3), trial.randint(2, 5)) if is_hidden() else (2, 3 + trial.index)
+        shape = (trial.randint(2, 6), trial.randint(3, 9))
+        clean = synthetic_parts(n_layers, n_heads, shape, trial.generator)
+        layer, head = trial.randint(0, n_layers - 1), trial.randint(0, n_heads - 1)
+        name = f"L{layer}H{head}"
+        later = [c for c in component_names(n_layers, n_heads) if c != name and c.startswith(("L", "mlp"))]
+        later = [c for c in later if not c.endswith("bias")]
+        changed = {
+            c: clean.components[c] + torch.randn(shape, generator=trial.generator, dtype=torch.float64)
+            for c in later[: trial.randint(1, len(later))]
+        }
+        changed[name] = clean.components[name] * 0.2
+        jitter = 0.8 + 0.4 * torch.rand(shape, generator=trial.generator, dtype=torch.float64)
+        ablated = perturbed_parts(clean, changed, scale=clean.scale * jitter)
+        got = _parts_result(call(fn, clean, ablated, name))
+        identity = got["direct"] - got["total"] - got["layernorm"] - got["heads"] - got["mlps"]
+        if identity.abs().max() > 1e-4:
+            fail(
+                f"direct - total should equal layernorm + heads + mlps exactly (ablating {name}), but differs by up "
+                f"to {float(identity.abs().max()):.3g}: the parts must account for all of the repair. Compute "
+                f"every component's change at the clean scale and put the scale's change in 'layernorm'."
+            )
+        expected = reference.repair_parts(clean, ablated, name)
+        for key in REPAIR_KEYS:
+            compare(
+                got[key].double(),
+                expected[key].double(),
+                f"'{key}'",
+                atol=1e-5,
+                index=_token_index,
+                context=f"(ablating {name} in a random {n_layers}-layer, {n_heads}-head model)",
+            )
+    return "no change gives zeros; a lone head, a lone rescaling; 3 random ablations, parts summing to the repair"
+
+
+def _summary_result(result: Any) -> dict[str, float]:
+    if not isinstance(result, dict):
+        fail(f"return a dict with the keys {list(SUMMARY_KEYS)}, got {type(result).__name__}.")
+    missing = [key for key in SUMMARY_KEYS if key not in result]
+    if missing:
+        fail(f"your dict lacks {missing}; return all of {list(SUMMARY_KEYS)}.")
+    out = {}
+    for key in SUMMARY_KEYS:
+        value = as_tensor(result[key], f"'{key}'")
+        if value.numel() != 1:
+            fail(f"'{key}' should be one number (a mean over the selected tokens), got shape {tuple(value.shape)}.")
+        out[key] = float(value)
+    return out
+
+
+def _random_repair(shape: tuple[int, ...], generator: torch.Generator) -> dict[str, Tensor]:
+    """Per-token parts as a real table has them: a positive-skewed direct effect, repair noisy around a fraction."""
+    direct = torch.randn(shape, generator=generator, dtype=torch.float64).exp()
+    parts = {key: torch.randn(shape, generator=generator, dtype=torch.float64) * 0.3 for key in ("heads", "mlps")}
+    parts["layernorm"] = 0.2 * direct + 0.05 * torch.randn(shape, generator=generator, dtype=torch.float64)
+    total = direct - parts["layernorm"] - parts["heads"] - parts["mlps"]
+    return dict(parts, direct=direct, total=total)
+
+
+@check("summarise_repair")
+def summarise_repair(fn: Callable) -> str:
+    """``fn(parts, fraction) -> {"direct", "total", "self_repair_fraction", "layernorm_fraction", "heads_fraction",
+    "mlps_fraction", "overcorrected"}``: means over the tokens with the largest direct effect."""
+    # Known answer: 10 tokens, the top 20% are the two with direct effect 10 and 8.
+    direct = torch.tensor([[1.0, 10.0, 2.0, 0.5, 3.0], [8.0, 0.1, 0.2, 0.3, 1.5]], dtype=torch.float64)
+    layernorm = torch.where(direct > 5, 3.0, 100.0).double()
+    heads = torch.where(direct > 5, 1.0, -50.0).double()
+    mlps = torch.zeros_like(direct)
+    total = direct - layernorm - heads - mlps  # 6 and 4 at the top tokens
+    hand = {"direct": direct, "total": total, "layernorm": layernorm, "heads": heads, "mlps": mlps}
+    got = _summary_result(call(fn, {k: v.clone() for k, v in hand.items()}, 0.2))
+    known = {
+        "direct": 9.0,
+        "total": 5.0,
+        "self_repair_fraction": 4 / 9,
+        "layernorm_fraction": 3 / 9,
+        "heads_fraction": 1 / 9,
+        "mlps_fraction": 0.0,
+        "overcorrected": 0.0,
+    }
+    for key, value in known.items():
+        if not math.isclose(got[key], value, abs_tol=1e-6):
+            fail(
+                f"'{key}' is {got[key]:.4g} on a hand-made table of 10 tokens where the top 20% by direct effect "
+                f"are the 2 tokens with direct effects 10 and 8 (expected {value:.4g}). Select the "
+                f"max(1, int(fraction x n_tokens)) tokens with the largest direct effect, then take means over "
+                f"them; the fractions divide a mean by the mean direct effect."
+            )
+    # Over-correction: a selected token whose total effect is negative (the model gained from the ablation).
+    over = dict(hand, total=torch.where(direct == 10.0, -1.0, total).double())
+    got = _summary_result(call(fn, over, 0.2))
+    if not math.isclose(got["overcorrected"], 0.5, abs_tol=1e-6):
+        fail(
+            f"'overcorrected' is {got['overcorrected']:.4g} where one of the 2 selected tokens has a negative "
+            f"total effect (expected 0.5: the share of selected tokens where the repair exceeds the direct effect)."
+        )
+    # Random tables; the fractions must add up, then agree with the reference.
+    for trial in trials(3):
+        shape = (trial.randint(4, 40), trial.randint(10, 60)) if is_hidden() else (16, 25 + 10 * trial.index)
+        fraction = (0.02, 0.1, 0.5)[trial.index]
+        parts = _random_repair(shape, trial.generator)
+        got = _summary_result(call(fn, {k: v.clone() for k, v in parts.items()}, fraction))
+        split = got["layernorm_fraction"] + got["heads_fraction"] + got["mlps_fraction"]
+        if not math.isclose(got["self_repair_fraction"], split, abs_tol=1e-5):
+            fail(
+                f"the three fractions add up to {split:.4g} but 'self_repair_fraction' is "
+                f"{got['self_repair_fraction']:.4g}: they split the same repair, so they must add up to it."
+            )
+        expected = reference.summarise_repair(parts, fraction)
+        for key in SUMMARY_KEYS:
+            if not math.isclose(got[key], float(expected[key]), abs_tol=1e-5, rel_tol=1e-5):
+                off = got[key] - float(expected[key])
+                fail(
+                    f"'{key}' is {got[key]:.5g} for a random table of {shape[0]} x {shape[1]} tokens with fraction "
+                    f"{fraction}, off by {off:+.3g}."
+                )
+    return "a hand-made table, an over-correction; 3 random tables at 2%, 10% and 50%"

@@ -52,6 +52,17 @@ def held_out_tokens(n_rows: int | None = None) -> Tensor:
     return rows if n_rows is None else rows[:n_rows]
 
 
+def loss_by_position(model, tokens: Tensor, chunk: int = 32) -> Tensor:
+    """``[pos - 1]``: the mean loss of predicting token ``i + 1`` at each position ``i`` over the rows of ``tokens``
+    (in-context learning shows as a curve that keeps falling with position)."""
+    losses = []
+    with torch.no_grad():
+        for rows in tokens.split(chunk):
+            log_probs = model(rows)[:, :-1].log_softmax(-1)
+            losses.append(-log_probs.gather(-1, rows[:, 1:, None])[..., 0])
+    return torch.cat(losses).mean(0)
+
+
 def component_names(n_layers: int, n_heads: int) -> list[str]:
     """The residual stream's parts in order: ``embed``, then per layer its heads ``L0H0 ..``, the attention bias
     ``L0 attn bias`` and the MLP ``mlp0``."""

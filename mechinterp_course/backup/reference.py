@@ -12,6 +12,7 @@ import einops
 import torch
 
 from mechinterp_course import backup
+from mechinterp_course.backup import language
 
 #: The name each test cell checks -> the number of its exercise in the notebook.
 EXERCISES: dict[str, str] = {
@@ -19,6 +20,8 @@ EXERCISES: dict[str, str] = {
     "direct_effects": "2.1",
     "ablation_effects": "2.2",
     "direct_effect_shift": "3.1",
+    "repair_parts": "4.1",
+    "summarise_repair": "4.2",
     "incompleteness": "5.1",
     "my_scores": "7.1",
     "my_claim": "7.2",
@@ -45,6 +48,8 @@ __all__ = [
     "direct_effects",
     "ablation_effects",
     "direct_effect_shift",
+    "repair_parts",
+    "summarise_repair",
     "incompleteness",
 ]
 
@@ -113,6 +118,54 @@ def direct_effect_shift(
     _, ablated_z = backup.run_ablated(model, tokens, [(layer, head)], kind, replacement)
     shift = direct_effects(model, ablated_z, io, s) - direct_effects(model, clean_z, io, s)
     return shift.mean(0)
+
+
+def repair_parts(
+    clean: language.LogitParts, ablated: language.LogitParts, head: str
+) -> dict[str, torch.Tensor]:
+    """-> {"direct", "total", "layernorm", "heads", "mlps"}, each [batch, pos - 1], with
+    direct - total == layernorm + heads + mlps (the self-repair, split by where it comes from).
+
+    Defined in solutions/03_backup/03_backup.ipynb, exercise 4.1.
+    """
+
+    def change(name: str) -> torch.Tensor:  # a component's change at the clean scale
+        return (ablated.components[name] - clean.components[name]) / clean.scale
+
+    def is_head(name: str) -> bool:
+        return name.startswith("L") and "H" in name
+
+    return {
+        "direct": -change(head),
+        "total": clean.logit - ablated.logit,
+        "layernorm": sum(ablated.components.values()) * (1 / ablated.scale - 1 / clean.scale),
+        "heads": sum(change(name) for name in clean.components if is_head(name) and name != head),
+        "mlps": sum(change(name) for name in clean.components if name.startswith("mlp")),
+    }
+
+
+def summarise_repair(
+    parts: dict[str, torch.Tensor], fraction: float = language.TOP_FRACTION
+) -> dict[str, float]:
+    """parts: repair_parts' dict (any shape) -> means over the max(1, int(fraction * n)) tokens
+    with the largest direct effect: direct, total, self_repair_fraction, layernorm_fraction,
+    heads_fraction, mlps_fraction, overcorrected.
+
+    Defined in solutions/03_backup/03_backup.ipynb, exercise 4.2.
+    """
+    direct = parts["direct"].flatten()
+    k = max(1, int(fraction * direct.numel()))
+    top = direct.topk(k).indices
+    mean = {key: float(value.flatten()[top].mean()) for key, value in parts.items()}
+    return {
+        "direct": mean["direct"],
+        "total": mean["total"],
+        "self_repair_fraction": (mean["direct"] - mean["total"]) / mean["direct"],
+        "layernorm_fraction": mean["layernorm"] / mean["direct"],
+        "heads_fraction": mean["heads"] / mean["direct"],
+        "mlps_fraction": mean["mlps"] / mean["direct"],
+        "overcorrected": float((parts["total"].flatten()[top] < 0).double().mean()),
+    }
 
 
 def incompleteness(
