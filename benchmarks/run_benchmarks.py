@@ -257,6 +257,22 @@ def bench_in_notebook_grokking() -> dict:
     }
 
 
+def bench_in_notebook_backup() -> dict:
+    """The two chapter 03 trainings a student watches (plain, then with head dropout), as the notebook runs them."""
+    from mechinterp_course import backup
+
+    out = {}
+    for name, config in (("plain", backup.PLAIN_CONFIG), ("dropout", backup.DROPOUT_CONFIG)):
+        run = backup.train_backup(config, progress=False)
+        out[name] = {"seconds": round(run.seconds, 1), "accuracy": run.log[-1]["accuracy"]}
+    return {
+        "seconds": round(sum(r["seconds"] for r in out.values()), 1),
+        "steps": backup.PLAIN_CONFIG.steps,
+        "runs": out,
+        "target_seconds": 60,
+    }
+
+
 def bench_proofs() -> dict:
     """Chapter 06's max-of-K model (trained as the notebook trains it), verified by brute force over every input and
     bounded by the compact proof of exercise 4.2 (the reference answers), each timed."""
@@ -332,6 +348,14 @@ def write_markdown(results: dict) -> None:
             f"| {r['seconds']} | {r['target_seconds']} | | |"
         )
     for name, r in results.get("in_notebook", {}).items():
+        if "runs" in r:  # chapter 03: two trainings, the target is for each
+            what = "; ".join(f"{run} {v['seconds']} s, accuracy {v['accuracy']:.3f}" for run, v in r["runs"].items())
+            seconds = max(v["seconds"] for v in r["runs"].values())
+            lines.append(
+                f"| in-notebook training, {name} ({r['steps']} steps each: {what}); slower of the two | {seconds} | "
+                f"{r['target_seconds']} | | |"
+            )
+            continue
         lines.append(
             f"| in-notebook training, {name} ({r['steps']} steps; 99% test accuracy at step "
             f"{r['step_99_test']}) | {r['seconds']} | {r['target_seconds']} | | |"
@@ -395,7 +419,10 @@ def main() -> None:
         results["proofs"] = {name: bench_proofs()}
         print(results["proofs"], flush=True)
     if args.only in (None, "recipes"):
-        results["in_notebook"] = {"grokking p=59": bench_in_notebook_grokking()}
+        results["in_notebook"] = {
+            "grokking p=59": bench_in_notebook_grokking(),
+            "backup toy models": bench_in_notebook_backup(),
+        }
         print(results["in_notebook"], flush=True)
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     if args.only == "grading":
