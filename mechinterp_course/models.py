@@ -140,7 +140,9 @@ def _paths(name: str, zoo_dir: Path | None = None) -> tuple[Path, Path]:
 def list_zoo(zoo_dir: Path | None = None) -> list[str]:
     """Names of the models shipped in the zoo."""
     zoo_dir = ZOO_DIR if zoo_dir is None else Path(zoo_dir)
-    return sorted(p.stem for p in zoo_dir.glob("*.json"))
+    # A model is a card NAME.json beside its weights NAME.safetensors (files shipped beside a model, such as
+    # NAME.tokenizer.json, are not models).
+    return sorted(p.stem for p in zoo_dir.glob("*.json") if p.with_suffix(".safetensors").exists())
 
 
 def save(model: torch.nn.Module, name: str, card: dict, zoo_dir: Path | None = None) -> Path:

@@ -322,7 +322,6 @@ STDLIB_TRAIN = dict(
     betas=(0.9, 0.95),
     grad_clip=1.0,
     eval_every=25,
-    snapshot_every=50,
     threads=1,  # one core: as fast per core as two, and the machine stays usable while it trains
 )
 #: Olsson et al.'s in-context-learning score: loss at a late token minus loss at an early one (they use the 500th
@@ -331,9 +330,9 @@ ICL_EARLY, ICL_LATE, ICL_WINDOW = 20, 200, 4
 #: The held-out rows the card's metrics (and the tests that re-measure them) use: the first EVAL_ROWS rows of the
 #: shipped held-out sample.
 STDLIB_EVAL_ROWS = 256
-#: Snapshots shipped (fp16, about 3 MB each): those where the in-context-learning score first reaches these fractions
-#: of its final value, which brackets the phase change where induction heads form (the bump in the loss curve).
-STDLIB_SNAPSHOT_FRACTIONS = (0.25, 0.5, 0.75)
+#: The induction check on the card: held-out texts whose first INDUCTION_HALF tokens are repeated (chapter 01's
+#: probe, on real text rather than random tokens, which a language model finds out of distribution).
+INDUCTION_ROWS, INDUCTION_HALF = 64, 50
 
 
 def lm_metrics(model, tokens: torch.Tensor) -> dict[str, float]:
@@ -357,6 +356,29 @@ def stdlib_metrics(model, zoo_dir=None) -> dict[str, float]:
 
     path = models.zoo_file("stdlib-2l", "tokens.safetensors", zoo_dir)
     return lm_metrics(model, load_file(str(path))["held_out"][:STDLIB_EVAL_ROWS].long())
+
+
+def stdlib_induction(model, held_out: torch.Tensor) -> dict[str, float]:
+    """Did induction heads form? On ``INDUCTION_ROWS`` held-out texts cut to ``INDUCTION_HALF`` tokens and repeated:
+    the largest induction score over heads (chapter 01's measure: above ``circuits.INDUCTION_THRESHOLD`` counts as
+    an induction head) and how much lower the loss is on the second copy than on the first (near the whole loss
+    for a model with induction heads, which predicts a repeat almost perfectly)."""
+    from . import circuits
+    from .backup.language import loss_by_position
+    from .circuits import reference  # trusted code: the chapter's reference answer
+
+    first = held_out[:INDUCTION_ROWS, 1 : INDUCTION_HALF + 1].long()
+    tokens = torch.cat([held_out[:INDUCTION_ROWS, :1].long(), first, first], dim=1)  # BOS, text, the same again
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    scores = circuits.all_head_scores(cache, model.cfg.n_layers, reference.induction_scores, half_len=INDUCTION_HALF)
+    loss = loss_by_position(model, tokens)  # [2 * half]: position i predicts token i + 1
+    first_copy, second_copy = loss[:INDUCTION_HALF].mean(), loss[INDUCTION_HALF + 1 :].mean()
+    return {
+        "max_induction_score": float(scores.max()),
+        "loss_first_copy": float(first_copy),
+        "loss_second_copy": float(second_copy),
+    }
 
 
 def ngram_baselines(train_stream: torch.Tensor, held_out: torch.Tensor, d_vocab: int) -> dict[str, float]:
@@ -383,9 +405,9 @@ def train_stdlib_2l(seed: int = 0, progress: bool = True, steps: int | None = No
     """A 2-layer transformer language model trained on the standard library's source (``mechinterp_course.text``).
 
     Ships with its tokenizer, the held-out rows as tokens (so chapters measure the same numbers on every Python),
-    the loss and in-context-learning curves, and fp16 snapshots around the phase change where induction heads
-    form. Deterministic for a seed on a given machine and Python (the corpus hash and the thread count are on the
-    card); about an hour on one core."""
+    the loss and in-context-learning curves, and an induction check (did induction heads form? In the shipped run,
+    20M tokens in, they had not: the card says by how much). Deterministic for a seed on a given machine and Python
+    (the corpus hash and the thread count are on the card); about an hour on one core."""
     from . import text
 
     spec = dict(STDLIB_TRAIN, steps=steps or STDLIB_TRAIN["steps"])
@@ -416,22 +438,12 @@ def train_stdlib_2l(seed: int = 0, progress: bool = True, steps: int | None = No
             decay_to=spec["decay_to"],
             grad_clip=spec["grad_clip"],
             eval_every=spec["eval_every"],
-            snapshot_every=spec["snapshot_every"],
             threads=spec["threads"],
             progress=progress,
             description="stdlib-2l",
         ),
         eval_fn=lambda m: {k: v for k, v in lm_metrics(m, eval_rows[:64]).items() if k in LOGGED},
     )
-    final_icl = result.log[-1]["icl_score"]
-    shipped_steps = []
-    for fraction in STDLIB_SNAPSHOT_FRACTIONS:
-        # The first logged step at or beyond the fraction (ICL scores are negative: more negative = more in-context
-        # learning), rounded down to a step that has a snapshot.
-        reached = next(row["step"] for row in result.log if row["icl_score"] <= fraction * final_icl)
-        snapshot_step = max(s for s in result.snapshots if s <= reached)
-        if snapshot_step not in shipped_steps:
-            shipped_steps.append(snapshot_step)
     card = {
         "recipe": "stdlib-2l",
         "description": "2-layer transformer (attention + MLP, LayerNorm, GELU) trained on the source code of "
@@ -455,10 +467,9 @@ def train_stdlib_2l(seed: int = 0, progress: bool = True, steps: int | None = No
         "baselines": ngram_baselines(train_stream, eval_rows, STDLIB_CONFIG.d_vocab),
         "icl_definition": f"mean loss at tokens {ICL_LATE}+-{ICL_WINDOW} minus at {ICL_EARLY}+-{ICL_WINDOW}, "
         f"over the first {STDLIB_EVAL_ROWS} held-out rows (Olsson et al. 2022)",
-        "snapshot_steps": shipped_steps,
+        "induction": stdlib_induction(model, held_out),
         "log": [{k: (v if k == "step" else _significant(v)) for k, v in row.items()} for row in result.log],
     }
-    model.snapshots = {step: result.snapshots[step] for step in shipped_steps}
     model.zoo_files = {
         "tokenizer.json": tokenizer.to_str().encode(),
         "tokens.safetensors": _tokens_file(held_out),
