@@ -597,16 +597,23 @@ def test_the_formgrader_lists_the_batch_and_takes_a_manual_grade(batch, tmp_path
             frame.locator("#main-table a", has_text=CHAPTER).first.click()  # its notebook
             frame.locator(f"#main-table tr:has(a.name-shown:text-is('{student}')) a.name-hidden").click()
             field = frame.locator("input#answer-hidden")
-            field.fill(str(manual))
-            field.press("Tab")  # the formgrader saves a score when its field loses focus
-            page.screenshot(path=str(artifacts / "manual-grade.png"))
+            page.wait_for_load_state("networkidle")
             saved = None
-            for _ in range(100):
-                with Gradebook(f"sqlite:///{folder / 'gradebook.db'}") as gb:
-                    saved = gb.find_grade("answer-hidden", CHAPTER, CHAPTER, student).manual_score
+            # The formgrader fills each score field from its API once the page has loaded; a score typed before
+            # that is overwritten (the empty field of a failed run's screenshot), so type it again until it is
+            # saved, as a grader would.
+            for _attempt in range(3):
+                field.fill(str(manual))
+                field.press("Tab")  # the formgrader saves a score when its field loses focus
+                for _ in range(50):
+                    with Gradebook(f"sqlite:///{folder / 'gradebook.db'}") as gb:
+                        saved = gb.find_grade("answer-hidden", CHAPTER, CHAPTER, student).manual_score
+                    if saved is not None:
+                        break
+                    page.wait_for_timeout(100)
                 if saved is not None:
                     break
-                page.wait_for_timeout(100)
+            page.screenshot(path=str(artifacts / "manual-grade.png"))
             page.goto(f"{server.url}/formgrader/manage_submissions/{CHAPTER}")  # the same page, on its own
             after = listed(page)
             page.screenshot(path=str(artifacts / "submissions-after.png"))

@@ -43,7 +43,7 @@ CHAPTER_STATUS: dict[str, str] = {
     "00": "ready",
     "01": "ready",
     "02": "ready",
-    "03": "planned",
+    "03": "ready",
     "04": "planned",
     "05": "planned",
     "06": "ready",
@@ -51,7 +51,7 @@ CHAPTER_STATUS: dict[str, str] = {
 
 
 def chapter_label(code: str) -> str:
-    """``"02 Grokking"``, or ``"03 Backup behaviour (planned)"`` for a chapter that is not written yet."""
+    """``"02 Grokking"``, or ``"05 Attention superposition (planned)"`` for a chapter not written yet."""
     planned = " (planned)" if CHAPTER_STATUS[code] != "ready" else ""
     return f"{code} {CHAPTERS[code]}{planned}"
 
@@ -143,7 +143,7 @@ class Event:
 
     @property
     def chapters_text(self) -> str:
-        """The chapters that study the event, labelled (``"01 Circuits, 03 Backup behaviour (planned)"``)."""
+        """The chapters that study the event, labelled (``"01 Circuits, 05 Attention superposition (planned)"``)."""
         return chapters_label(self.chapters)
 
     @property
