@@ -364,11 +364,10 @@ def stdlib_induction(model, held_out: torch.Tensor) -> dict[str, float]:
     an induction head) and how much lower the loss is on the second copy than on the first (near the whole loss
     for a model with induction heads, which predicts a repeat almost perfectly)."""
     from . import circuits
-    from .backup.language import loss_by_position
+    from .backup.language import loss_by_position, repeated_text
     from .circuits import reference  # trusted code: the chapter's reference answer
 
-    first = held_out[:INDUCTION_ROWS, 1 : INDUCTION_HALF + 1].long()
-    tokens = torch.cat([held_out[:INDUCTION_ROWS, :1].long(), first, first], dim=1)  # BOS, text, the same again
+    tokens = repeated_text(held_out[:INDUCTION_ROWS], INDUCTION_HALF)  # BOS, text, the same again
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens)
     scores = circuits.all_head_scores(cache, model.cfg.n_layers, reference.induction_scores, half_len=INDUCTION_HALF)

@@ -63,6 +63,13 @@ def loss_by_position(model, tokens: Tensor, chunk: int = 32) -> Tensor:
     return torch.cat(losses).mean(0)
 
 
+def repeated_text(rows: Tensor, half: int) -> Tensor:
+    """``rows [n, pos]`` (BOS first) -> ``[n, 1 + 2 * half]``: BOS, each text's first ``half`` tokens, then the same
+    tokens again (chapter 01's induction probe, on real text: an induction head predicts the second copy)."""
+    first = rows[:, 1 : half + 1].long()
+    return torch.cat([rows[:, :1].long(), first, first], dim=1)
+
+
 def component_names(n_layers: int, n_heads: int) -> list[str]:
     """The residual stream's parts in order: ``embed``, then per layer its heads ``L0H0 ..``, the attention bias
     ``L0 attn bias`` and the MLP ``mlp0``."""
