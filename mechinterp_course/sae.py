@@ -230,7 +230,9 @@ class SAE(nn.Module):
 def evaluate(sae: SAE, x: Tensor) -> dict[str, float]:
     """The metrics the literature reports, on activations ``x [n, d_in]``: L0 (active latents per input), explained
     variance (1 - residual variance / variance of x), the fraction of dead latents (never active on ``x``) and of
-    dense ones (active on more than 10% of inputs), and shrinkage (how much shorter the reconstruction is than x)."""
+    dense ones (active on more than 10% of inputs), and shrinkage (the reconstructions' total length over the inputs':
+    below 1 when the L1 penalty shrinks the latents; a ratio of sums, since an input near zero has no length to
+    shrink)."""
     f = sae.encode(x)
     recon = sae.decode(f)
     active = f > 0
@@ -241,7 +243,7 @@ def evaluate(sae: SAE, x: Tensor) -> dict[str, float]:
         "explained_variance": float(1 - (x - recon).pow(2).sum() / variance),
         "dead_fraction": float((density == 0).double().mean()),
         "dense_fraction": float((density > 0.1).double().mean()),
-        "shrinkage": float((recon.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)).mean()),
+        "shrinkage": float(recon.norm(dim=-1).sum() / x.norm(dim=-1).sum().clamp_min(1e-8)),
     }
 
 

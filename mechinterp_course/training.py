@@ -73,13 +73,17 @@ def train(
     config: TrainConfig,
     eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     callback: Callable[[int, dict], bool | None] | None = None,
+    after_step: Callable[[int, torch.nn.Module, torch.optim.Optimizer], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place (module docstring for the logging rule).
 
     - ``batch_fn(step)`` returns the batch for a step (deterministic given the step, so runs are reproducible);
     - ``loss_fn(model, batch)`` returns the scalar loss to minimise (a regulariser included);
     - ``eval_fn(model)`` returns metrics, called under ``no_grad`` on every logged step;
-    - ``callback(step, row)`` sees every logged row and returns True to stop.
+    - ``callback(step, row)`` sees every logged row and returns True to stop;
+    - ``after_step(step, model, optimizer)`` runs after every optimiser step, before logging, without gradients (a
+      sparse autoencoder puts its decoder rows back on the unit sphere there, and resamples dead latents, resetting
+      their optimiser state).
     """
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas
@@ -105,6 +109,9 @@ def train(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step(step, model, optimizer)
 
             last = step == config.steps - 1
             stop = False
