@@ -53,6 +53,7 @@ NOTEBOOK_TARGETS = {
     "01_circuits": (180, 2048),
     "02_grokking": (240, 2048),
     "03_backup": (240, 2048),
+    "04_saes": (300, 2048),
     "06_understanding": (240, 2048),
 }
 RECIPE_TARGETS = {"induction-2l": 60}

@@ -62,6 +62,13 @@ WRONG_ANSWERS = {
         "test-shift",
         "direct_effect_shift",
     ),
+    "04_saes": (
+        "ex-logits",
+        "@exercise\ndef latent_logit_effects(model, directions, layer):\n"
+        "    return directions @ model.W_out[layer] @ model.W_U + model.b_U  # the unembedding's bias is no latent's\n",
+        "test-logits",
+        "a zero direction writes nothing",
+    ),
     "06_understanding": (
         "ex-induction",
         "@exercise\ndef induction_weights(d_vocab, d_model, n_ctx):\n"

@@ -159,7 +159,8 @@ def test_chapter_status_is_the_readmes():
     assert {code: status for code, _, status in rows} == history.CHAPTER_STATUS
     assert history.chapter_label("02") == "02 Grokking"
     assert history.chapter_label("03") == "03 Backup behaviour"
-    assert history.chapter_label("04") == "04 Sparse autoencoders and dictionary learning (planned)"
+    assert history.chapter_label("04") == "04 Sparse autoencoders and dictionary learning"
+    assert history.chapter_label("05") == "05 Attention superposition (planned)"
     assert history.chapters_label(()) == "none"
     assert history.EVENTS["ioi"].chapters_text.startswith("01 Circuits, 03 Backup behaviour")
 

@@ -44,7 +44,7 @@ CHAPTER_STATUS: dict[str, str] = {
     "01": "ready",
     "02": "ready",
     "03": "ready",
-    "04": "planned",
+    "04": "ready",
     "05": "planned",
     "06": "ready",
 }
