@@ -274,6 +274,78 @@ def bench_in_notebook_backup() -> dict:
     }
 
 
+def bench_in_notebook_saes() -> dict:
+    """Chapter 04's trainings as its notebook runs them: the three toy-model sweeps (each one batched loop), and the
+    SAE on stdlib-2l (collecting the activations included), with the metrics it reaches."""
+    from mechinterp_course import saes
+    from mechinterp_course.sae import SAEConfig, evaluate
+
+    toy = {}
+    densities = torch.tensor([1.0, 0.3, 0.1, 0.03, 0.01])[:, None].expand(5, 5)
+    _, run = saes.train_toy(5, 2, densities, 0.9 ** torch.arange(5), steps=saes.TOY_STEPS, progress=False)
+    toy["pentagon"] = run.seconds
+    sticky = saes.STICKY
+    density = torch.logspace(0, -2.5, sticky["instances"])[:, None].expand(-1, sticky["n_features"])
+    _, run = saes.train_toy(
+        sticky["n_features"],
+        sticky["d_hidden"],
+        density,
+        torch.ones(sticky["n_features"]),
+        steps=sticky["steps"],
+        batch=sticky["batch"],
+        progress=False,
+    )
+    toy["sticky"] = run.seconds
+    grid = saes.PHASE_GRID
+    r, d = torch.meshgrid(torch.logspace(-1, 1, grid), torch.logspace(0, -2, grid), indexing="xy")
+    _, run = saes.train_toy(
+        2,
+        1,
+        d.reshape(-1, 1).expand(-1, 2),
+        torch.stack([torch.ones(grid * grid), r.reshape(-1)], -1),
+        steps=saes.TOY_STEPS,
+        progress=False,
+    )
+    toy["phase"] = run.seconds
+
+    lm_config = saes.LM_SAE
+    start = time.perf_counter()
+    model, _, _ = saes.language_model()
+    tokens = saes.held_out_tokens()
+    rows, eval_rows = lm_config["train_rows"], lm_config["eval_rows"]
+    acts = saes.mlp_activations(model, tokens[:rows], lm_config["layer"])
+    eval_acts = saes.mlp_activations(model, tokens[rows : rows + eval_rows], lm_config["layer"])
+    generator = torch.Generator().manual_seed(3)
+    sae, run = saes.train_sae(
+        SAEConfig(
+            d_in=512,
+            d_sae=lm_config["d_sae"],
+            architecture="topk",
+            k=lm_config["k"],
+            dead_after=lm_config["dead_after"],
+        ),
+        lambda step: acts[torch.randint(len(acts), (lm_config["batch"],), generator=generator)],
+        lm_config["steps"],
+        lr=lm_config["lr"],
+        b_dec=acts.mean(0),
+        eval_x=eval_acts[:4096],
+        progress=False,
+    )
+    lm_seconds = time.perf_counter() - start
+    metrics = evaluate(sae, eval_acts)
+    return {
+        "toy": {name: round(seconds, 1) for name, seconds in toy.items()},
+        "toy_seconds": round(sum(toy.values()), 1),
+        "toy_target_seconds": 30,
+        "lm_seconds": round(lm_seconds, 1),
+        "lm_train_seconds": round(run.seconds, 1),
+        "lm_steps": lm_config["steps"],
+        "lm_l0": round(metrics["l0"], 1),
+        "lm_explained_variance": round(metrics["explained_variance"], 3),
+        "lm_target_seconds": 90,
+    }
+
+
 def bench_proofs() -> dict:
     """Chapter 06's max-of-K model (trained as the notebook trains it), verified by brute force over every input and
     bounded by the compact proof of exercise 4.2 (the reference answers), each timed."""
@@ -349,6 +421,18 @@ def write_markdown(results: dict) -> None:
             f"| {r['seconds']} | {r['target_seconds']} | | |"
         )
     for name, r in results.get("in_notebook", {}).items():
+        if "toy" in r:  # chapter 04: the toy sweeps and the language-model SAE
+            toys = ", ".join(f"{k} {v} s" for k, v in r["toy"].items())
+            lines.append(
+                f"| in-notebook training, {name}: the three toy-model sweeps ({toys}) | {r['toy_seconds']} | "
+                f"{r['toy_target_seconds']} | | |"
+            )
+            lines.append(
+                f"| in-notebook training, {name}: the SAE on stdlib-2l, activations collected and {r['lm_steps']} "
+                f"steps ({r['lm_train_seconds']} s of training; L0 {r['lm_l0']}, explained variance "
+                f"{r['lm_explained_variance']}) | {r['lm_seconds']} | {r['lm_target_seconds']} | | |"
+            )
+            continue
         if "runs" in r:  # chapter 03: two trainings, the target is for each
             what = "; ".join(f"{run} {v['seconds']} s, accuracy {v['accuracy']:.3f}" for run, v in r["runs"].items())
             seconds = max(v["seconds"] for v in r["runs"].values())
@@ -423,6 +507,7 @@ def main() -> None:
         results["in_notebook"] = {
             "grokking p=59": bench_in_notebook_grokking(),
             "backup toy models": bench_in_notebook_backup(),
+            "chapter 04": bench_in_notebook_saes(),
         }
         print(results["in_notebook"], flush=True)
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}

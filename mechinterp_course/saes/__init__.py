@@ -461,7 +461,7 @@ def toy_comparison(
             f"D = {', '.join(f'{v:.2f}' for v in sparsest.tolist())}",
         ),
         (
-            "dense features: the model keeps m = 2 of them, D = 1 each",
+            "dense features: the model keeps the m = 2 most important, D = 1 each, and drops the rest",
             f"D = {', '.join(f'{v:.2f}' for v in dims[0].tolist())}",
         ),
         (
