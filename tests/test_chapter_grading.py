@@ -65,7 +65,7 @@ WRONG_ANSWERS = {
     "04_saes": (
         "ex-logits",
         "@exercise\ndef latent_logit_effects(model, directions, layer):\n"
-        "    return directions @ model.W_out[layer] @ model.W_U + model.b_U  # the unembedding's bias is no latent's\n",
+        "    return (directions @ model.W_out[layer] + model.b_out[layer]) @ model.W_U  # b_out is no latent's\n",
         "test-logits",
         "a zero direction writes nothing",
     ),

@@ -112,10 +112,10 @@ def test_feature_dimensionality_feedback():
 
     fails(checks.feature_dimensionality, student(no_guard), match="gives NaN")
 
-    def without_self(W):
-        full = reference.feature_dimensionality(W)
+    def without_self(W):  # the sum over j leaves out j = i
         lengths = W.norm(dim=-1)
-        return lengths.pow(2) / (lengths.pow(2) / full.clamp_min(1e-12) - lengths.pow(2)).clamp_min(1e-12)
+        overlaps = torch.einsum("ifh,igh->ifg", W / lengths[..., None].clamp_min(1e-12), W).pow(2)
+        return lengths.pow(2) / (overlaps.sum(-1) - overlaps.diagonal(dim1=-2, dim2=-1)).clamp_min(1e-12)
 
     fails(checks.feature_dimensionality, student(without_self), match="for features in dimensions of their own")
 
@@ -156,6 +156,8 @@ def test_the_engine_computes_the_exercises_losses():
 
 
 def test_relu_loss_feedback():
+    relu_sae_loss = reference.relu_sae_loss  # a closure: the check hides the course's modules, not this
+
     def unweighted(x, W_enc, b_enc, W_dec, b_dec, c):
         f = ((x - b_dec) @ W_enc + b_enc).relu()
         mse = (f @ W_dec + b_dec - x).pow(2).sum(-1).mean()
@@ -164,14 +166,19 @@ def test_relu_loss_feedback():
     fails(checks.relu_sae_loss, student(unweighted), match="Weight each activation's L1")
 
     def bias_added(x, W_enc, b_enc, W_dec, b_dec, c):
-        return reference.relu_sae_loss(x + 2 * b_dec, W_enc, b_enc, W_dec, b_dec, c)
+        return relu_sae_loss(x + 2 * b_dec, W_enc, b_enc, W_dec, b_dec, c)
 
     fails(checks.relu_sae_loss, student(bias_added), match="the encoder must see x - b_dec")
 
 
 def test_aux_loss_and_jumprelu_feedback():
+    jumprelu_threshold_grad = (
+        reference.jumprelu_threshold_grad
+    )  # a closure: the check hides the course's modules, not this
+    topk_aux_loss = reference.topk_aux_loss  # a closure: the check hides the course's modules, not this
+
     def unnormalised(x, W_enc, b_enc, W_dec, b_dec, k, dead, k_aux):
-        value = reference.topk_aux_loss(x, W_enc, b_enc, W_dec, b_dec, k, dead, k_aux)
+        value = topk_aux_loss(x, W_enc, b_enc, W_dec, b_dec, k, dead, k_aux)
         pre = (x - b_dec) @ W_enc + b_enc
         values, indices = pre.topk(k, dim=-1)
         f = torch.zeros_like(pre).scatter(-1, indices, values.relu())
@@ -180,33 +187,48 @@ def test_aux_loss_and_jumprelu_feedback():
     fails(checks.topk_aux_loss, student(unnormalised), match="the normalised loss must be exactly 1")
 
     def wrong_sign(pre, threshold, bandwidth):
-        return -reference.jumprelu_threshold_grad(pre, threshold, bandwidth)
+        return -jumprelu_threshold_grad(pre, threshold, bandwidth)
 
     fails(checks.jumprelu_threshold_grad, student(wrong_sign), match="3 of 4 (latent 0)")
 
     def window_too_wide(pre, threshold, bandwidth):
-        return reference.jumprelu_threshold_grad(pre, threshold, 2 * bandwidth) * 2
+        return jumprelu_threshold_grad(pre, threshold, 2 * bandwidth) * 2
 
     fails(checks.jumprelu_threshold_grad, student(window_too_wide), match="the expected L0's derivative is")
 
 
 def test_resample_feedback():
-    def by_loss(x, losses, W_enc, b_enc, W_dec, b_dec, dead, generator):
-        return reference.resample_dead_latents(x, losses.sqrt(), W_enc, b_enc, W_dec, b_dec, dead, generator)
+    resample_dead_latents = reference.resample_dead_latents  # a closure: the check hides the course's modules, not this
+
+    def by_loss(x, losses, W_enc, b_enc, W_dec, b_dec, dead, scale, generator):
+        return resample_dead_latents(x, losses.sqrt(), W_enc, b_enc, W_dec, b_dec, dead, scale, generator)
 
     fails(checks.resample_dead_latents, student(by_loss), match="80% of the dead latents")
 
-    def in_place(x, losses, W_enc, b_enc, W_dec, b_dec, dead, generator):
-        new = reference.resample_dead_latents(x, losses, W_enc, b_enc, W_dec, b_dec, dead, generator)
+    def in_place(x, losses, W_enc, b_enc, W_dec, b_dec, dead, scale, generator):
+        new = resample_dead_latents(x, losses, W_enc, b_enc, W_dec, b_dec, dead, scale, generator)
         W_dec.copy_(new[2])
         return new
 
     fails(checks.resample_dead_latents, student(in_place), match="modified its input `W_dec` in place")
 
-    def raw_input(x, losses, W_enc, b_enc, W_dec, b_dec, dead, generator):
-        return reference.resample_dead_latents(x, losses, W_enc, b_enc, W_dec, torch.zeros_like(b_dec), dead, generator)
+    def raw_input(x, losses, W_enc, b_enc, W_dec, b_dec, dead, scale, generator):
+        zero = torch.zeros_like(b_dec)
+        return resample_dead_latents(x, losses, W_enc, b_enc, W_dec, zero, dead, scale, generator)
 
     fails(checks.resample_dead_latents, student(raw_input), match="not the direction of any input minus b_dec")
+
+
+def test_the_course_sae_cannot_stand_in_for_the_students_loss():
+    def via_engine(x, W_enc, b_enc, W_dec, b_dec, c):
+        sae = SAE(SAEConfig(d_in=W_enc.shape[0], d_sae=W_enc.shape[1], l1_coefficient=c))
+        with torch.no_grad():
+            for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
+                getattr(sae, name).copy_(value)
+        out = sae.loss(x)
+        return out["loss"], out["mse"], out["l1"]
+
+    fails(checks.relu_sae_loss, via_engine, match="a class of the course library")
 
 
 def test_resampler_revives_dead_latents_and_resets_their_optimiser_state():
@@ -249,7 +271,7 @@ def test_ce_and_logit_feedback():
     fails(checks.ce_loss_recovered, student(wrong_ratio), match="must recover 1")
 
     def with_bias(model, directions, layer):
-        return directions @ model.W_out[layer] @ model.W_U + model.b_U
+        return (directions @ model.W_out[layer] + model.b_out[layer]) @ model.W_U  # the bias is no latent's
 
     fails(checks.latent_logit_effects, student(with_bias), match="a zero direction writes nothing")
 
@@ -275,17 +297,21 @@ def test_dashboard_and_ablation_run_on_the_language_model():
 
 
 def test_sparse_code_is_graded_by_measurement():
-    one_shot = lambda x, dictionary, l0: saes.one_shot_codes(x, dictionary, l0)  # noqa: E731
-    fails(checks.sparse_code, one_shot, match="the one-shot TopK encoder with the same dictionary gets")
+    sparse_code = reference.sparse_code  # a closure: the check hides the course's modules, not this
+    through_module = lambda x, dictionary, l0: saes.one_shot_codes(x, dictionary, l0)  # noqa: E731
+    fails(checks.sparse_code, through_module, match="uses `saes`, a module of the course library")
+    one_shot_codes = saes.one_shot_codes  # the course's one-shot encoder, captured: it runs, and is measured
+    one_shot = lambda x, dictionary, l0: one_shot_codes(x, dictionary, l0)  # noqa: E731
+    fails(checks.sparse_code, one_shot, match="the one-shot encoder gets")
 
     def too_many(x, dictionary, l0):
-        return reference.sparse_code(x, dictionary, l0 + 1)
+        return sparse_code(x, dictionary, l0 + 1)
 
     fails(checks.sparse_code, student(too_many), match="at most l0 = 5 are allowed")
 
     def trained(x, dictionary, l0):
         codes = torch.zeros(len(x), len(dictionary), requires_grad=True)
         torch.optim.Adam([codes]).step()
-        return reference.sparse_code(x, dictionary, l0)
+        return sparse_code(x, dictionary, l0)
 
     fails(checks.sparse_code, student(trained), match="sparse_code")

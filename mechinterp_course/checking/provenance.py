@@ -172,7 +172,13 @@ def _is_third_party(func: types.FunctionType) -> bool:
 
 
 def _hidden(value: Any) -> bool:
-    return isinstance(value, torch.nn.Module) or (isinstance(value, types.ModuleType) and is_library(value.__name__))
+    """Models, the course library's modules, and its classes (an SAE class would compute a loss the student is asked
+    to write)."""
+    return (
+        isinstance(value, torch.nn.Module)
+        or (isinstance(value, types.ModuleType) and is_library(value.__name__))
+        or (isinstance(value, type) and is_library(value.__module__))
+    )
 
 
 def _restricted_copy(fn: Callable, what: str) -> tuple[Callable, dict[str, str]]:
@@ -222,7 +228,13 @@ def _restricted_copy(fn: Callable, what: str) -> tuple[Callable, dict[str, str]]
         for name in {n for c in _code_objects(code) for n in c.co_names} & func.__globals__.keys():
             value = func.__globals__[name]
             if _hidden(value):
-                hidden[name] = "a model" if isinstance(value, torch.nn.Module) else "a module of the course library"
+                hidden[name] = (
+                    "a model"
+                    if isinstance(value, torch.nn.Module)
+                    else "a class of the course library"
+                    if isinstance(value, type)
+                    else "a module of the course library"
+                )
             else:
                 namespace[name] = restrict(value)
         return clone

@@ -504,7 +504,15 @@ def resampler(fn, batch_fn, every: int = RESAMPLE_EVERY, until: int = RESAMPLE_U
             return
         losses = (sae.decode(f) - x).pow(2).sum(-1)
         W_enc, b_enc, W_dec = fn(
-            x, losses, sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach(), sae.b_dec.detach(), dead, generator
+            x,
+            losses,
+            sae.W_enc.detach(),
+            sae.b_enc.detach(),
+            sae.W_dec.detach(),
+            sae.b_dec.detach(),
+            dead,
+            RESAMPLE_ENCODER_SCALE,
+            generator,
         )
         for param, new, rows in (
             (sae.W_enc, W_enc, (slice(None), dead)),

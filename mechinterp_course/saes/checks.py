@@ -16,7 +16,19 @@ import torch
 from torch import Tensor
 
 from .. import research
-from ..checking import Trial, as_tensor, call, check, compare, fail, is_hidden, no_training, trials, unchanged
+from ..checking import (
+    Trial,
+    as_tensor,
+    call,
+    check,
+    compare,
+    fail,
+    is_hidden,
+    no_training,
+    tokens_only,
+    trials,
+    unchanged,
+)
 from ..sae import SAE, SAEConfig
 from . import (
     CODE_MARGIN,
@@ -50,6 +62,7 @@ def _pentagon() -> Tensor:
 
 @check("feature_dimensionality")
 def feature_dimensionality(fn) -> str:
+    fn = tokens_only(fn, "feature_dimensionality")  # its arguments only: not the course's SAE, which computes the same
     known = [
         ("features in dimensions of their own (W = identity)", torch.eye(4)[None] * 1.7, 1.0),
         ("an antipodal pair", torch.tensor([[[0.0, 1.2], [0.0, -1.2]]]), 0.5),
@@ -110,6 +123,7 @@ def _three_scalars(result: Any, what: str) -> list[Tensor]:
 
 @check("relu_sae_loss")
 def relu_sae_loss(fn) -> str:
+    fn = tokens_only(fn, "relu_sae_loss")  # its arguments only: not the course's SAE, which computes the same
     names = ("loss", "mse", "l1")
     for trial in trials(4 if is_hidden() else 3):
         w = _random_sae(trial)
@@ -154,6 +168,7 @@ def relu_sae_loss(fn) -> str:
 
 @check("topk_aux_loss")
 def topk_aux_loss(fn) -> str:
+    fn = tokens_only(fn, "topk_aux_loss")  # its arguments only: not the course's SAE, which computes the same
     for trial in trials(3):
         w = _random_sae(trial)
         d_sae = w["W_enc"].shape[1]
@@ -193,6 +208,7 @@ def topk_aux_loss(fn) -> str:
 
 @check("jumprelu_threshold_grad")
 def jumprelu_threshold_grad(fn) -> str:
+    fn = tokens_only(fn, "jumprelu_threshold_grad")  # its arguments only: not the course's SAE, which computes the same
     threshold, bandwidth = torch.tensor([0.5, 1.0]), 0.1
     far = torch.tensor([[0.0, 3.0], [2.0, -1.0]])
     compare(
@@ -248,7 +264,7 @@ def _resample_args(trial: Trial, n_dead: int, batch: int, d_in: int = 8) -> dict
     return dict(x=x, losses=losses, dead=dead, **w)
 
 
-def _resample(fn, a: dict[str, Any], seed: int):
+def _resample(fn, a: dict[str, Any], seed: int, scale: float = RESAMPLE_ENCODER_SCALE):
     result = call(
         fn,
         a["x"],
@@ -258,6 +274,7 @@ def _resample(fn, a: dict[str, Any], seed: int):
         a["W_dec"],
         a["b_dec"],
         a["dead"],
+        scale,
         torch.Generator().manual_seed(seed),
     )
     if not isinstance(result, (tuple, list)) or len(result) != 3:
@@ -271,10 +288,12 @@ def _resample(fn, a: dict[str, Any], seed: int):
 
 @check("resample_dead_latents")
 def resample_dead_latents(fn) -> str:
+    fn = tokens_only(fn, "resample_dead_latents")  # its arguments only: not the course's SAE, which computes the same
     for trial in trials(3):
         a = _resample_args(trial, n_dead=trial.randint(2, 6), batch=trial.randint(5, 12))
         before = {k: v.clone() for k, v in a.items() if isinstance(v, Tensor)}
-        W_enc, b_enc, W_dec = _resample(fn, a, trial.seed)
+        encoder_scale = RESAMPLE_ENCODER_SCALE if trial.index == 0 else 0.1 + 0.5 * trial.index / 3
+        W_enc, b_enc, W_dec = _resample(fn, a, trial.seed, encoder_scale)
         for name, was in before.items():
             unchanged(was, a[name], name)
         dead, live = a["dead"], ~a["dead"]
@@ -291,12 +310,12 @@ def resample_dead_latents(fn) -> str:
                 "a resampled decoder row is not the direction of any input minus b_dec (each dead latent takes "
                 "one input x_b, and its row is (x_b - b_dec) / ||x_b - b_dec||)."
             )
-        scale = RESAMPLE_ENCODER_SCALE * a["W_enc"][:, live].norm(dim=0).mean()
+        scale = encoder_scale * a["W_enc"][:, live].norm(dim=0).mean()
         compare(
             W_enc[:, dead].T,
             W_dec[dead] * scale,
             "the resampled encoder columns",
-            context=f"(the decoder direction times {RESAMPLE_ENCODER_SCALE} x the live encoders' mean length)",
+            context=f"(the direction times encoder_scale = {encoder_scale:.3g} x the live encoders' mean length)",
             index=["latent ", None],
             atol=1e-5,
             rtol=1e-4,

@@ -13,8 +13,6 @@ import math
 import einops
 import torch
 
-from mechinterp_course import saes
-
 #: The name each test cell checks -> the number of its exercise in the notebook.
 EXERCISES: dict[str, str] = {
     "feature_dimensionality": "1.1",
@@ -100,7 +98,7 @@ def jumprelu_threshold_grad(pre, threshold, bandwidth):
     return -inside.float().mean(0) / bandwidth
 
 
-def resample_dead_latents(x, losses, W_enc, b_enc, W_dec, b_dec, dead, generator):
+def resample_dead_latents(x, losses, W_enc, b_enc, W_dec, b_dec, dead, encoder_scale, generator):
     """x [batch, d_in], losses [batch], dead [d_sae] (bool) -> new (W_enc, b_enc, W_dec).
 
     Defined in solutions/04_saes/04_saes.ipynb, exercise 2.4.
@@ -113,7 +111,7 @@ def resample_dead_latents(x, losses, W_enc, b_enc, W_dec, b_dec, dead, generator
     directions = x[chosen] - b_dec  # [n_dead, d_in]
     directions = directions / directions.norm(dim=-1, keepdim=True)
     live = W_enc[:, ~dead].norm(dim=0)
-    scale = saes.RESAMPLE_ENCODER_SCALE * (live.mean() if len(live) else 1.0)
+    scale = encoder_scale * (live.mean() if len(live) else 1.0)
     W_dec[dead] = directions
     W_enc[:, dead] = directions.T * scale
     b_enc[dead] = 0.0
