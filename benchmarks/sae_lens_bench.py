@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -140,6 +141,7 @@ def bench_architecture(arch: str, data_path: Path, python: Path, steps: int, blo
 
     data = load_file(str(data_path))
     settings = dict(arch=arch, l1_coefficient=L1_COEFFICIENT, k=K, lr=LR, batch=BATCH)
+    load_before = os.getloadavg()[0]
     worker = SaeLensWorker(python)
     try:
         versions = worker(cmd="init", data=str(data_path), dead_feature_window=DEAD_FEATURE_WINDOW, **settings)
@@ -175,6 +177,8 @@ def bench_architecture(arch: str, data_path: Path, python: Path, steps: int, blo
     finally:
         worker.close()
     out: dict = {"steps": steps, "timed_blocks": len(blocks["ours"]) - 1, "block_steps": block}
+    # The machine's load (1-minute average) before and after: what else was running, for reading the figures.
+    out["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     for side in ("ours", "sae_lens"):
         seconds = statistics.median(blocks[side][1:] or blocks[side])
         out[side] = {
