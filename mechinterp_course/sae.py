@@ -269,7 +269,9 @@ class SAE(nn.Module):
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """``x [batch, d_in]`` -> ``{"loss", "mse", ...}``: the training loss and its parts (module docstring).
-        MSE is the squared error summed over ``d_in`` and averaged over the batch, as sae-lens reports it."""
+        MSE is the squared error summed over ``d_in`` and averaged over the batch, as sae-lens reports it. Leading
+        dimensions beyond the batch are flattened into it."""
+        x = x.reshape(-1, x.shape[-1])
         arch = self.config.architecture
         if arch == "topk":
             return self._topk_loss(x)
@@ -321,9 +323,8 @@ def train_step(
 
     Written once so that every training loop runs the same step, and so that it is the step sae-lens's trainer runs
     (loss, backward, ``clip_grad_norm_(..., 1.0)``, Adam): ``benchmarks/sae_lens_bench.py`` times the two on the
-    same activations. sae-lens keeps its decoder free and divides by the decoder norms instead (TopK) or weights the
-    L1 penalty by them (ReLU); here ReLU's penalty is weighted too, and the renormalisation (a few milliseconds) keeps
-    TopK's selection independent of the decoder's scale."""
+    same activations. sae-lens leaves its decoder's norms free instead (its TopK selects by pre-activation times
+    decoder norm; its ReLU penalty is weighted by the norms, as here); the renormalisation costs a few milliseconds."""
     out = sae.loss(x)
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
