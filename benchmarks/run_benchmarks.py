@@ -8,13 +8,17 @@ a batch of submissions is graded.
     ./course bench --only class --grading-chapter 00_history --students 40
     ./course bench --only notebooks --notebook 06_understanding         # one chapter's notebook
     ./course bench --only proofs       # chapter 06: brute-force verification and the compact proof, timed
+    ./course bench --only saes         # SAE training against sae-lens (10 minutes an architecture; only when named)
+    ./course bench --only saes --sae-arch topk                          # one architecture
 
 Each solution notebook is executed in a fresh Jupyter kernel (as a student would run it: no sandbox, no grading);
 wall time is measured around the whole execution (kernel start included) and peak memory is the largest resident
 set size of the kernel's process tree, sampled every 50 ms with psutil. Each zoo recipe is re-run into a temporary
 folder and timed. Grading: ``copies`` copies of a chapter's solution notebook are graded with ``--jobs 1`` and with
 ``--jobs 2`` (each into a fresh folder, so nothing is reused), and the seconds per submission are compared with the
-notebook's own run time.
+notebook's own run time. SAEs: the course's ReLU-L1 and TopK sparse autoencoders and sae-lens's, trained on the same
+activations from the same weights with the same step, taking turns; activations per second, explained variance and
+L0 of each (method in benchmarks/sae_lens_bench.py, which builds sae-lens its own virtual environment).
 Results go to benchmarks/results.json (the latest figures, per machine) and are summarised in benchmarks/RESULTS.md.
 The targets (from the issues) are printed beside the figures; nothing here fails a build: targets are tracked, not
 asserted in unit tests.
@@ -64,6 +68,8 @@ ZOO_TARGETS = {"stdlib-2l": 7200}
 #: time, and --jobs 2 at least this much faster than --jobs 1 on 2 cores.
 GRADING_OVERHEAD_TARGET = 1.3
 GRADING_SPEEDUP_TARGET = 1.6
+#: The SAE benchmark's architectures as RESULTS.md names them (its targets: benchmarks/sae_lens_bench.py).
+SAE_NAMES = {"relu": "ReLU-L1", "topk": "TopK"}
 
 
 class PeakRSS:
@@ -420,6 +426,18 @@ def write_markdown(results: dict) -> None:
             f"(cells m, q, s) proves {r['bound']} in {r['proof_seconds']} s, {r['unsound_cells']} unsound cells "
             f"| {r['seconds']} | {r['target_seconds']} | | |"
         )
+    for arch, r in results.get("saes", {}).items():
+        ours, theirs, setup = r["ours"], r["sae_lens"], r["setup"]
+        what = f"k {setup['k']}" if "k" in setup else f"L1 coefficient {setup['l1_coefficient']}"
+        lines.append(
+            f"| SAE training, {SAE_NAMES[arch]} ({what}; d_in {setup['d_in']}, d_sae {setup['d_sae']}, batch "
+            f"{setup['batch']}, {r['steps']} steps), ours against sae-lens {setup['sae_lens']}: "
+            f"{ours['activations_per_s']:,} against {theirs['activations_per_s']:,} activations/s, {r['ratio']}x "
+            f"(target {r['target_ratio']}x); "
+            f"explained variance {ours['explained_variance']} against {theirs['explained_variance']} at L0 "
+            f"{ours['l0']} against {theirs['l0']} | {ours['seconds_per_step']} / {theirs['seconds_per_step']} per step "
+            "| | | |"
+        )
     for name, r in results.get("in_notebook", {}).items():
         if "toy" in r:  # chapter 04: the toy sweeps and the language-model SAE
             toys = ", ".join(f"{k} {v} s" for k, v in r["toy"].items())
@@ -458,12 +476,18 @@ def write_markdown(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["notebooks", "recipes", "grading", "class", "proofs"])
+    parser.add_argument("--only", choices=["notebooks", "recipes", "grading", "class", "proofs", "saes"])
     parser.add_argument(
         "--notebook",
         action="append",
         metavar="CHAPTER",
         help="with --only notebooks: only this chapter's notebook (repeatable); the others keep their last figures",
+    )
+    parser.add_argument(
+        "--sae-arch",
+        action="append",
+        choices=["relu", "topk"],
+        help="with --only saes: only this architecture (repeatable); the other keeps its last figures",
     )
     parser.add_argument("--students", type=int, default=40, help="class size in the class benchmark (default: 40)")
     parser.add_argument(
@@ -518,7 +542,11 @@ def main() -> None:
     if args.only == "class":
         chapter = args.grading_chapter
         results["class"] = {chapter: bench_class(chapter, args.students, jobs=2)}
-    for key in ("notebooks", "recipes", "in_notebook", "grading", "class", "proofs"):
+    if args.only == "saes":
+        from sae_lens_bench import bench_saes
+
+        results["saes"] = bench_saes(args.sae_arch or ("relu", "topk"))
+    for key in ("notebooks", "recipes", "in_notebook", "grading", "class", "proofs", "saes"):
         results[key] = {**previous.get(key, {}), **results.get(key, {})}
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results)

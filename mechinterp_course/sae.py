@@ -18,13 +18,11 @@ Three architectures:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-
-#: Rows of a batch processed at once in the sparse TopK step (bounds the [rows, k, d_in] temporaries to ~32 MB).
-SPARSE_CHUNK = 512
 
 
 @dataclass
@@ -49,16 +47,70 @@ class SAEConfig:
             raise ValueError(f"k must be between 1 and d_sae = {self.d_sae}, not {self.k}")
 
 
+def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state": what is used here is tested
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _argsort(keys: Tensor) -> Tensor:
+    """``keys.argsort()``, any order among equal keys. On the CPU by numpy: torch's parallel sort of a few hundred
+    thousand integers took 20 times longer on 2 threads than on 1 (140 ms against 6 ms), numpy's takes 3 ms."""
+    if keys.device.type != "cpu":
+        return keys.argsort()
+    return torch.from_numpy(keys.numpy().argsort())
+
+
+def _sparse_backward(
+    x_centred: Tensor,
+    W_enc: Tensor,
+    W_dec: Tensor,
+    grad_recon: Tensor,
+    crow: Tensor,
+    col: Tensor,
+    rows: Tensor,
+    values: Tensor,
+    grad_values: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The backward of ``recon = F @ W_dec`` and ``F = relu(x_centred @ W_enc + b_enc)`` restricted to the entries of
+    the sparse ``F [B, d_sae]`` (CSR: ``crow``, ``col`` and ``values``; ``rows`` holds each entry's row), with
+    ``grad_values`` (the loss's other gradient with respect to those entries) added. Returns the gradients of
+    ``x_centred``, ``W_enc``, ``b_enc`` and ``W_dec``, each product costing ``nnz x d_in`` multiply-adds where a dense
+    step spends ``B x d_sae x d_in``.
+
+    The entries' gradient is ``grad_recon @ W_dec.T`` sampled at ``F``'s pattern (``torch.sparse.sampled_addmm``);
+    the input's is a sparse-dense product with ``W_enc.T``; the weights' are products of ``F``'s transpose (the
+    entries sorted by latent: CSR again, so that each latent's row of the gradient is summed in one place, without
+    the scatter-adds of ``index_add_``) with ``grad_recon`` and with the input."""
+    batch, d_sae = len(x_centred), len(W_dec)
+    pattern = _csr(crow, col, torch.zeros_like(values), (batch, d_sae))
+    grad_entries = torch.sparse.sampled_addmm(pattern, grad_recon, W_dec.t(), beta=0.0).values()
+    if grad_values is not None:
+        grad_entries = grad_entries + grad_values
+    grad_pre = grad_entries * (values > 0)  # through the ReLU
+    grad_x = _csr(crow, col, grad_pre, (batch, d_sae)) @ W_enc.t()
+    order = _argsort(col)
+    crow_t = torch.zeros(d_sae + 1, dtype=crow.dtype, device=crow.device)
+    crow_t[1:] = torch.bincount(col, minlength=d_sae).cumsum(0)
+    rows_t, grad_pre_t = rows[order], grad_pre[order]
+    grad_W_dec = _csr(crow_t, rows_t, values[order], (d_sae, batch)) @ grad_recon
+    grad_W_enc = (_csr(crow_t, rows_t, grad_pre_t, (d_sae, batch)) @ x_centred).t()
+    grad_b_enc = torch.zeros(d_sae, dtype=grad_pre.dtype, device=col.device).index_add_(0, col[order], grad_pre_t)
+    return grad_x, grad_W_enc, grad_b_enc, grad_W_dec
+
+
 class TopKDecode(torch.autograd.Function):
     """``(x_centred [B, d_in], W_enc, b_enc, W_dec, k) -> (recon [B, d_in] without b_dec, values [B, k],
     indices [B, k])``: the TopK encoder and the decoder in one step whose backward touches only the ``k`` active
     latents of each row. A dense step spends ``B x d_sae x d_in`` multiply-adds on each of the encoder's backward,
-    the decoder's forward and the decoder's backward; here each costs ``B x k x d_in``."""
+    the decoder's forward and the decoder's backward; here each costs ``B x k x d_in`` (:func:`_sparse_backward`:
+    the active latents as a sparse matrix with ``k`` entries a row)."""
 
     @staticmethod
     def forward(ctx, x_centred: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, k: int):
-        pre = x_centred @ W_enc + b_enc  # [B, d_sae]: the one dense product left
+        pre = torch.addmm(b_enc, x_centred, W_enc)  # [B, d_sae]: the one dense product left
         values, indices = pre.topk(k, dim=-1, sorted=False)
+        del pre
         values = values.relu()
         recon = nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
         ctx.save_for_backward(x_centred, W_enc, W_dec, values, indices)
@@ -66,27 +118,63 @@ class TopKDecode(torch.autograd.Function):
         return recon, values, indices
 
     @staticmethod
-    def backward(ctx, grad_recon: Tensor, grad_values_out: Tensor, _grad_indices):
+    def backward(ctx, grad_recon: Tensor, grad_values: Tensor | None, _grad_indices):
         x_centred, W_enc, W_dec, values, indices = ctx.saved_tensors
-        grad_x = torch.zeros_like(x_centred)
-        grad_W_enc_t = torch.zeros(W_enc.shape[1], W_enc.shape[0], dtype=W_enc.dtype)  # [d_sae, d_in]
-        grad_b_enc = torch.zeros(W_enc.shape[1], dtype=W_enc.dtype)
-        grad_W_dec = torch.zeros_like(W_dec)
-        W_enc_t = W_enc.t()
-        for start in range(0, len(x_centred), SPARSE_CHUNK):
-            rows = slice(start, start + SPARSE_CHUNK)
-            idx, val, g_out, x = indices[rows], values[rows], grad_recon[rows], x_centred[rows]
-            flat = idx.reshape(-1)
-            dec_rows = W_dec[flat].view(*idx.shape, -1)  # [b, k, d_in]
-            grad_val = torch.einsum("bd,bkd->bk", g_out, dec_rows)
-            if grad_values_out is not None:
-                grad_val = grad_val + grad_values_out[rows]
-            grad_pre = grad_val * (val > 0)  # through the ReLU; the top-k selection passes the gradient as is
-            grad_W_dec.index_add_(0, flat, (val[..., None] * g_out[:, None, :]).reshape(-1, W_dec.shape[1]))
-            grad_W_enc_t.index_add_(0, flat, (grad_pre[..., None] * x[:, None, :]).reshape(-1, x.shape[1]))
-            grad_b_enc.index_add_(0, flat, grad_pre.reshape(-1))
-            grad_x[rows] = torch.einsum("bk,bkd->bd", grad_pre, W_enc_t[flat].view(*idx.shape, -1))
-        return grad_x, grad_W_enc_t.t(), grad_b_enc, grad_W_dec, None
+        (batch, k), device = indices.shape, indices.device
+        crow = torch.arange(0, batch * k + 1, k, device=device)
+        rows = torch.arange(batch, device=device).repeat_interleave(k)
+        grad_values = None if grad_values is None else grad_values.reshape(-1)
+        # The top-k selection passes the gradient as is.
+        grads = _sparse_backward(
+            x_centred, W_enc, W_dec, grad_recon, crow, indices.reshape(-1), rows, values.reshape(-1), grad_values
+        )
+        return *grads, None
+
+
+#: The ReLU step goes sparse (:class:`_ReLUDecode`) when at most this fraction of the latents is active: above it,
+#: the dense products are cheaper than extracting the active latents and multiplying sparsely.
+RELU_SPARSE_DENSITY = 1 / 32
+
+
+class _ReLUDecode(torch.autograd.Function):
+    """``(x_centred [B, d_in], W_enc, b_enc, W_dec, norms [d_sae], max_density) -> (recon [B, d_in] without b_dec,
+    l1 [B])`` with ``f = relu(x_centred @ W_enc + b_enc)``, ``recon = f @ W_dec`` and ``l1 = f @ norms``. When at
+    most ``max_density`` of ``f`` is nonzero (a trained ReLU SAE's L0 is a few tens out of thousands of latents), ``f``
+    is kept as a sparse matrix and the decoder and the backward run over its entries only
+    (:func:`_sparse_backward`); otherwise dense, with the gradient's temporaries updated in place."""
+
+    @staticmethod
+    def forward(ctx, x_centred: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, norms: Tensor, max_density):
+        f = torch.addmm(b_enc, x_centred, W_enc).relu_()
+        l1 = f @ norms
+        ctx.sparse = int(torch.count_nonzero(f)) <= max_density * f.numel()
+        if not ctx.sparse:
+            ctx.save_for_backward(x_centred, W_enc, W_dec, norms, f)
+            return f @ W_dec, l1
+        rows, col = f.nonzero().unbind(1)
+        values = f[rows, col]
+        del f
+        crow = torch.zeros(len(x_centred) + 1, dtype=rows.dtype, device=rows.device)
+        crow[1:] = torch.bincount(rows, minlength=len(x_centred)).cumsum(0)
+        ctx.save_for_backward(x_centred, W_enc, W_dec, norms, crow, col, rows, values)
+        return _csr(crow, col, values, (len(x_centred), len(W_dec))) @ W_dec, l1
+
+    @staticmethod
+    def backward(ctx, grad_recon: Tensor, grad_l1: Tensor):
+        if ctx.sparse:
+            x_centred, W_enc, W_dec, norms, crow, col, rows, values = ctx.saved_tensors
+            grad_l1_rows = grad_l1[rows]
+            grads = _sparse_backward(
+                x_centred, W_enc, W_dec, grad_recon, crow, col, rows, values, grad_l1_rows * norms[col]
+            )
+            grad_norms = torch.zeros_like(norms).index_add_(0, col, values * grad_l1_rows)
+            return *grads, grad_norms, None
+        x_centred, W_enc, W_dec, norms, f = ctx.saved_tensors
+        grad_pre = (grad_recon @ W_dec.t()).addr_(grad_l1, norms)
+        grad_pre = torch.ops.aten.threshold_backward(grad_pre, f, 0)  # through the ReLU, as autograd's relu
+        grad_W_dec = f.t() @ grad_recon
+        grad_norms = f.t() @ grad_l1
+        return grad_pre @ W_enc.t(), x_centred.t() @ grad_pre, grad_pre.sum(0), grad_W_dec, grad_norms, None
 
 
 def _rectangle(x: Tensor) -> Tensor:
@@ -181,16 +269,21 @@ class SAE(nn.Module):
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """``x [batch, d_in]`` -> ``{"loss", "mse", ...}``: the training loss and its parts (module docstring).
-        MSE is the squared error summed over ``d_in`` and averaged over the batch, as sae-lens reports it."""
+        MSE is the squared error summed over ``d_in`` and averaged over the batch, as sae-lens reports it. Leading
+        dimensions beyond the batch are flattened into it."""
+        x = x.reshape(-1, x.shape[-1])
         arch = self.config.architecture
         if arch == "topk":
             return self._topk_loss(x)
-        f = self.encode(x)
-        recon = self.decode(f)
-        mse = (recon - x).pow(2).sum(-1).mean()
         if arch == "relu":
-            sparsity = (f * self.W_dec.norm(dim=-1)).sum(-1).mean()
+            recon, l1 = _ReLUDecode.apply(
+                x - self.b_dec, self.W_enc, self.b_enc, self.W_dec, self.W_dec.norm(dim=-1), RELU_SPARSE_DENSITY
+            )
+            mse = (recon + self.b_dec - x).pow(2).sum(-1).mean()
+            sparsity = l1.mean()  # the L1 penalty weighted by the decoder norms
             return {"loss": mse + self.config.l1_coefficient * sparsity, "mse": mse, "l1": sparsity}
+        recon = self.decode(self.encode(x))
+        mse = (recon - x).pow(2).sum(-1).mean()
         l0 = _Step.apply(self.pre_activations(x), self.threshold, self.config.bandwidth).sum(-1).mean()
         return {"loss": mse + self.config.l0_coefficient * l0, "mse": mse, "l0": l0}
 
@@ -219,6 +312,28 @@ class SAE(nn.Module):
             out["aux"] = aux / residual.detach().pow(2).sum(-1).mean().clamp_min(1e-8)
         out["loss"] = mse + config.aux_coefficient * out["aux"]
         return out
+
+
+def train_step(
+    sae: SAE, optimizer: torch.optim.Optimizer, x: Tensor, grad_clip: float | None = 1.0
+) -> dict[str, Tensor]:
+    """One training step on the batch ``x [batch, d_in]``: the loss (:meth:`SAE.loss`), its backward, the gradient's
+    norm clipped at ``grad_clip`` (``None``: no clipping), the optimiser's step, then unit decoder rows again for
+    ReLU and TopK (:meth:`SAE.normalise_decoder`). Returns the loss and its parts, detached.
+
+    Written once so that every training loop runs the same step, and so that it is the step sae-lens's trainer runs
+    (loss, backward, ``clip_grad_norm_(..., 1.0)``, Adam): ``benchmarks/sae_lens_bench.py`` times the two on the
+    same activations. sae-lens leaves its decoder's norms free instead (its TopK selects by pre-activation times
+    decoder norm; its ReLU penalty is weighted by the norms, as here); the renormalisation costs a few milliseconds."""
+    out = sae.loss(x)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+    optimizer.step()
+    if sae.config.architecture != "jumprelu":
+        sae.normalise_decoder()
+    return {name: value.detach() for name, value in out.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------
