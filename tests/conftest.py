@@ -154,3 +154,50 @@ def hidden_test_leaks(html: str, solution_notebook) -> list[str]:
     assert salts, f"{solution_notebook} has no hidden tests to look for"
     found = [salt for salt in sorted(salts) if salt in html]
     return found + [marker for marker in ("HIDDEN TESTS", "hidden=&quot;", 'hidden="') if marker in html]
+
+
+def hard_coded(reference_fn):
+    """Record the reference's answer on the first input and return it whatever the input: a student who copies an
+    answer instead of computing it."""
+    recorded = []
+
+    def answer(*args, **kwargs):
+        if not recorded:
+            recorded.append(reference_fn(*args, **kwargs))
+        return recorded[0]
+
+    return answer
+
+
+def exercise_contract(checked: dict):
+    """The three tests every chapter's checks owe, for ``checked`` ({check: reference function}): the reference
+    passes as a student's own function (visible and hidden); the library's reference itself and an unfinished stub
+    are refused; a hard-coded answer fails. A test module binds them:
+    ``test_reference_passes, test_refusals, test_hard_coded = exercise_contract(CHECKED)``."""
+    ids = [check.exercise for check in checked]
+
+    @pytest.mark.parametrize("check", list(checked), ids=ids)
+    @pytest.mark.parametrize("hidden", [None, "5eed0001"])
+    def test_the_reference_passes(check, hidden, capsys):
+        check(own(checked[check]), hidden=hidden)
+        assert "\u2705" in capsys.readouterr().out
+
+    @pytest.mark.parametrize("check", list(checked), ids=ids)
+    def test_the_library_reference_and_unfinished_stubs_are_refused(check):
+        fails(check, checked[check], match="reference implementation")
+
+        def stub(*args, **kwargs):
+            raise NotImplementedError
+
+        fails(check, stub, match="not implemented yet")
+
+    @pytest.mark.parametrize("check", list(checked), ids=ids)
+    def test_a_hard_coded_answer_fails(check):
+        with pytest.raises(CheckFailed):
+            check(own(hard_coded(checked[check])))
+
+    return (
+        test_the_reference_passes,
+        test_the_library_reference_and_unfinished_stubs_are_refused,
+        (test_a_hard_coded_answer_fails),
+    )

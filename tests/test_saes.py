@@ -13,28 +13,17 @@ import re
 
 import pytest
 import torch
+from conftest import exercise_contract  # noqa: E402
 from conftest import fails as fails_with  # noqa: E402 - the suite's shared helpers
 from conftest import own as student  # noqa: E402
 
 from mechinterp_course import saes
-from mechinterp_course.checking import CheckFailed
 from mechinterp_course.sae import SAE, SAEConfig
 from mechinterp_course.saes import checks, reference
 
 
 def fails(check, *answers, match: str, hidden: str | None = None) -> str:
     return fails_with(check, *answers, match=re.escape(match), hidden=hidden)
-
-
-def hard_coded(reference_fn):
-    recorded = []
-
-    def answer(*args, **kwargs):
-        if not recorded:
-            recorded.append(reference_fn(*args, **kwargs))
-        return recorded[0]
-
-    return answer
 
 
 CHECKED = {
@@ -47,30 +36,11 @@ CHECKED = {
     checks.latent_logit_effects: reference.latent_logit_effects,
     checks.sparse_code: reference.sparse_code,
 }
-IDS = [check.exercise for check in CHECKED]
-
-
-@pytest.mark.parametrize("check", list(CHECKED), ids=IDS)
-@pytest.mark.parametrize("hidden", [None, "5eed0004"])
-def test_the_reference_passes(check, hidden, capsys):
-    check(student(CHECKED[check]), hidden=hidden)
-    assert "\u2705" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("check", list(CHECKED), ids=IDS)
-def test_the_library_reference_and_unfinished_stubs_are_refused(check):
-    fails(check, CHECKED[check], match="reference implementation")
-
-    def stub(*args, **kwargs):
-        raise NotImplementedError
-
-    fails(check, stub, match="not implemented yet")
-
-
-@pytest.mark.parametrize("check", list(CHECKED), ids=IDS)
-def test_a_hard_coded_answer_fails(check):
-    with pytest.raises(CheckFailed):
-        check(student(hard_coded(CHECKED[check])))
+(
+    test_the_reference_passes,
+    test_the_library_reference_and_unfinished_stubs_are_refused,
+    test_a_hard_coded_answer_fails,
+) = exercise_contract(CHECKED)
 
 
 def test_no_tool_is_a_twin_of_an_exercise():
