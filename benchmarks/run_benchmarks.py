@@ -426,7 +426,8 @@ def write_markdown(results: dict) -> None:
             f"(cells m, q, s) proves {r['bound']} in {r['proof_seconds']} s, {r['unsound_cells']} unsound cells "
             f"| {r['seconds']} | {r['target_seconds']} | | |"
         )
-    for arch, r in results.get("saes", {}).items():
+    for arch in (a for a in SAE_NAMES if a in results.get("saes", {})):
+        r = results["saes"][arch]
         ours, theirs, setup = r["ours"], r["sae_lens"], r["setup"]
         what = f"k {setup['k']}" if "k" in setup else f"L1 coefficient {setup['l1_coefficient']}"
         lines.append(
@@ -435,7 +436,9 @@ def write_markdown(results: dict) -> None:
             f"{ours['activations_per_s']:,} against {theirs['activations_per_s']:,} activations/s, {r['ratio']}x "
             f"(target {r['target_ratio']}x); "
             f"explained variance {ours['explained_variance']} against {theirs['explained_variance']} at L0 "
-            f"{ours['l0']} against {theirs['l0']} | {ours['seconds_per_step']} / {theirs['seconds_per_step']} per step "
+            f"{ours['l0']} against {theirs['l0']}; all {r['steps']} steps, warm-up included, in "
+            f"{ours['total_seconds']} s against {theirs['total_seconds']} s | {ours['seconds_per_step']} / "
+            f"{theirs['seconds_per_step']} per step "
             "| | | |"
         )
     for name, r in results.get("in_notebook", {}).items():

@@ -80,7 +80,7 @@ def ensure_venv() -> Path:
     )
     if python.exists() and subprocess.run([python, "-c", check], capture_output=True).returncode == 0:
         return python
-    print(f"creating {VENV.relative_to(ROOT)} (torch {TORCH_VERSION}, sae-lens {SAE_LENS_VERSION})", flush=True)
+    print(f"creating {VENV} (torch {TORCH_VERSION}, sae-lens {SAE_LENS_VERSION})", flush=True)
     subprocess.run(["python3", "-m", "venv", VENV], check=True)
     pip = [python, "-m", "pip", "install", "--quiet"]
     # torch first and alone, so that sae-lens's requirements find it satisfied and pip never picks a CUDA build.

@@ -136,6 +136,14 @@ def test_each_architecture_learns_a_sparse_code(architecture):
         assert after["l0"] <= 4
 
 
+@pytest.mark.parametrize("architecture", ["relu", "topk", "jumprelu"])
+def test_loss_flattens_leading_dimensions(architecture):
+    x = torch.randn(2, 32, 8, generator=torch.Generator().manual_seed(5))
+    config = SAEConfig(8, 32, architecture, k=4)
+    by_position, flat = SAE(config).loss(x), SAE(config).loss(x.reshape(64, 8))
+    assert torch.allclose(by_position["loss"], flat["loss"])
+
+
 def test_metrics_known_answers():
     features = torch.eye(4)
     assert mmcs(features, features) == pytest.approx(1.0)
