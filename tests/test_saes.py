@@ -272,7 +272,7 @@ def test_sparse_code_is_graded_by_measurement():
     fails(checks.sparse_code, through_module, match="uses `saes`, a module of the course library")
     one_shot_codes = saes.one_shot_codes  # the course's one-shot encoder, captured: it runs, and is measured
     one_shot = lambda x, dictionary, l0: one_shot_codes(x, dictionary, l0)  # noqa: E731
-    fails(checks.sparse_code, one_shot, match="the one-shot encoder gets")
+    fails(checks.sparse_code, one_shot, match="the one-shot encoder with the same dictionary explains")
 
     def too_many(x, dictionary, l0):
         return sparse_code(x, dictionary, l0 + 1)

@@ -111,12 +111,12 @@ def train_toy(
 
 
 #: Steps for the pentagon and the phase diagram.
-TOY_STEPS = 3000
+TOY_STEPS = 2000
 #: The sticky-dimensionality experiment, scaled down from the paper's 400 features in 30 dimensions so that it runs in
 #: seconds (the fractions features stick at do not depend on the size).
 STICKY = dict(n_features=60, d_hidden=12, instances=10, steps=3000, batch=256)
 #: The phase diagram's grid: importance ratios x densities.
-PHASE_GRID = 12
+PHASE_GRID = 10
 #: The fractions feature dimensionality sticks at in the paper's figure.
 STICKY_FRACTIONS = (1.0, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 3 / 8, 1 / 3)
 
@@ -192,7 +192,7 @@ def ground_truth(
 #: mean L0; the ReLU and JumpReLU coefficients were chosen to land near it.
 GT_TRAIN = dict(
     batch=256,
-    steps=800,
+    steps=500,
     lr=3e-3,
     l1_coefficient=0.1,
     k=5,
@@ -205,7 +205,7 @@ GT_TRAIN = dict(
 #: the live latents' encoders (Bricken et al. 2023); the chapter resamples every RESAMPLE_EVERY steps until
 #: RESAMPLE_UNTIL (leaving the last steps to settle).
 RESAMPLE_ENCODER_SCALE = 0.2
-RESAMPLE_EVERY, RESAMPLE_UNTIL = 150, 600
+RESAMPLE_EVERY, RESAMPLE_UNTIL = 100, 400
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -738,9 +738,9 @@ def ablate_latent(
 # Section 4: sparse coding from before SAEs, measured
 # --------------------------------------------------------------------------------------------------------------
 
-#: The student's ``sparse_code`` must explain this much variance with the true dictionary at the truth's L0, and
-#: find the true active features better than the one-shot encoder by this much F1.
-CODE_MIN_EV, CODE_MARGIN = 0.92, 0.02
+#: The student's ``sparse_code`` must beat the one-shot encoder with the same dictionary and L0 by this much, both in
+#: explained variance and in the F1 of the true active features (at l0 below the truth's L0 no method explains all).
+CODE_MARGIN = 0.02
 
 
 def one_shot_codes(x: Tensor, dictionary: Tensor, l0: int) -> Tensor:
