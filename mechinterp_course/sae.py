@@ -362,9 +362,14 @@ def evaluate(sae: SAE, x: Tensor) -> dict[str, float]:
     }
 
 
-def mmcs(learned: Tensor, true: Tensor) -> float:
-    """Mean max cosine similarity: for each true feature ``true [n_true, d]``, the best cosine with any learned
-    feature ``learned [n_learned, d]``, averaged (Sharkey et al. 2022)."""
-    learned = learned / learned.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+def best_cosines(learned: Tensor, true: Tensor) -> Tensor:
+    """``[n_true]``: each true feature's (``true [n_true, d]``) best cosine with a learned direction (``learned
+    [n_learned, d]``)."""
+    learned = learned.detach() / learned.detach().norm(dim=-1, keepdim=True).clamp_min(1e-8)
     true = true / true.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    return float((true @ learned.t()).max(dim=-1).values.mean())
+    return (true @ learned.t()).max(dim=-1).values
+
+
+def mmcs(learned: Tensor, true: Tensor) -> float:
+    """Mean max cosine similarity: :func:`best_cosines` averaged over the true features (Sharkey et al. 2022)."""
+    return float(best_cosines(learned, true).mean())

@@ -30,7 +30,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor, nn
 
 from ..backup.language import held_out_tokens, language_model
-from ..sae import SAE, SAEConfig, evaluate, mmcs
+from ..sae import SAE, SAEConfig, best_cosines, evaluate, mmcs
 from ..training import TrainConfig, TrainResult, train
 
 __all__ = ["held_out_tokens", "language_model"]  # chapter 03's language model and its held-out text, reused
@@ -525,13 +525,6 @@ def resampler(fn, batch_fn, every: int = RESAMPLE_EVERY, until: int = RESAMPLE_U
                     optimizer.state[param][moment][rows] = 0.0
 
     return resample
-
-
-def best_cosines(learned: Tensor, true: Tensor) -> Tensor:
-    """``[n_true]``: each true feature's best cosine with a learned direction (MMCS is their mean)."""
-    learned = learned / learned.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    true = true / true.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    return (true @ learned.T).max(-1).values
 
 
 def recovery_figure(decoders: dict[str, Tensor], truth: GroundTruth) -> go.Figure:
