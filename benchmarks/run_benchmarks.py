@@ -310,6 +310,7 @@ def bench_in_notebook_saes() -> dict:
         d.reshape(-1, 1).expand(-1, 2),
         torch.stack([torch.ones(grid * grid), r.reshape(-1)], -1),
         steps=saes.TOY_STEPS,
+        batch=saes.PHASE_BATCH,
         progress=False,
     )
     toy["phase"] = run.seconds

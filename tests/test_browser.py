@@ -1,19 +1,23 @@
 """What a person sees: every chapter opened in JupyterLab in a real (headless) Chromium, run from the menu, offline.
 
 JupyterLab is started by ``./course lab`` itself (as root too: CI runs as root) on a copy of the student notebooks
-(chapters/) and the solution notebooks (solutions/), with no token and no browser of its own. Each chapter's student
-notebook and solution notebook is opened in a window of its own, two at a time (two kernels: the machine's two
-cores), longest first, and run with Run > Run All Cells. The student notebook stops at each exercise left undone, as
-it does for a student; the test then does what a student does, Run > Run Selected Cell and All Below from the first
-cell that has not run, until every cell has run. Then each notebook is saved from the menu and read back.
+(chapters/), with no token and no browser of its own. Each chapter's student notebook is opened in a window of its
+own, two at a time (two kernels: the machine's two cores), longest first, and run with Run > Run All Cells. It stops
+at each exercise left undone, as it does for a student; the test then does what a student does, Run > Run Selected
+Cell and All Below from the first cell that has not run, until every cell has run. Then each notebook is saved from
+the menu and read back.
 
-Checked: every cell ran; the solution notebook has no error output; in the student notebook only the unfinished
-exercises fail (their stubs and their checks), every other cell running on the course's reference; every plotly
-figure and circuitsvis view in the saved notebook is in the page and drawn (plotly's own ``_fullData`` on a sized
-plot; circuitsvis's React view inside its element); widgets render; the score widget's Save writes
-``mechinterp_scores.json`` with the slider values the page shows; the browser console shows no error; no request
-left the machine (the page's are refused and recorded; the server's and kernels' by the suite's network guard); and
-JupyterLab neither asks about nor fetches news or updates (the course's lab settings).
+Checked: every cell ran; every exercise fails, and only the exercises (their stubs and their checks), every other
+cell running on the course's reference, so every figure of the chapter is drawn; every plotly figure and circuitsvis
+view in the saved notebook is in the page and drawn (plotly's own ``_fullData`` on a sized plot; circuitsvis's React
+view inside its element); widgets render; the score widget's Save writes ``mechinterp_scores.json`` with the slider
+values the page shows; the browser console shows no error; no request left the machine (the page's are refused and
+recorded; the server's and kernels' by the suite's network guard); and JupyterLab neither asks about nor fetches news
+or updates (the course's lab settings).
+
+The solution notebooks are not run here: they are executed once per test run by the grader
+(tests/test_chapter_grading.py), which checks that they run with no error and earn full marks. A student notebook
+runs the same figures on the course's reference, so what a page draws is checked here once per chapter.
 
 Screenshots of each chapter after its run are saved under tests/artifacts/browser/ (or $COURSE_ARTIFACTS), with
 timings.json (each notebook's run time, stops, and cells the kernel ran twice).
@@ -37,9 +41,8 @@ from mechinterp_course import research
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(path.parent.name for path in (ROOT / "solutions").glob("*/*.ipynb"))
-KINDS = ("student", "solution")
-#: Where each kind of notebook comes from.
-FOLDERS = {"student": "chapters", "solution": "solutions"}
+#: Where the student notebooks are.
+FOLDER = "chapters"
 #: Notebooks run at once, each in its own window with its own kernel: one per core of the 2-core machines the
 #: course targets (each kernel gets its share of the cores for PyTorch's threads).
 SLOTS = 2
@@ -98,7 +101,6 @@ class NotebookRun:
     """One notebook opened in its own tab and run from the menu; what it showed is filled in as it goes."""
 
     chapter: str
-    kind: str
     path: Path
     page: object = None
     done: bool = False
@@ -115,7 +117,7 @@ class NotebookRun:
 
     @property
     def label(self) -> str:
-        return f"{self.chapter} ({self.kind})"
+        return f"{self.chapter} (student notebook)"
 
     def state(self) -> dict:
         return self.page.evaluate(STATE_JS) or {"status": None, "prompts": []}
@@ -129,7 +131,7 @@ class NotebookRun:
         try:
             self._wait_started(first, latest)
         except Exception:
-            self.page.screenshot(path=str(browser.artifacts_dir("browser-failure") / f"{self.chapter}-{self.kind}.png"))
+            self.page.screenshot(path=str(browser.artifacts_dir("browser-failure") / f"{self.chapter}.png"))
             raise
 
     def _wait_started(self, first: int, latest: int) -> None:
@@ -156,7 +158,7 @@ class NotebookRun:
             return
         self.prompts = state["prompts"]
         waiting = [i for i, p in enumerate(self.prompts) if not _has_run(p)]
-        if not waiting or self.kind == "solution":
+        if not waiting:
             self.done, self.seconds = True, time.monotonic() - self.started
             return
         self.stops += 1
@@ -200,7 +202,7 @@ def _open(chromium, guard, base: str, run: NotebookRun, workspace: str) -> None:
         else:
             ready_since = None
         if time.monotonic() > deadline:
-            page.screenshot(path=str(browser.artifacts_dir("browser-failure") / f"{run.chapter}-{run.kind}.png"))
+            page.screenshot(path=str(browser.artifacts_dir("browser-failure") / f"{run.chapter}.png"))
             raise AssertionError(f"{run.label}: the notebook's kernel did not become ready")
         page.wait_for_timeout(POLL_S * 1000)
 
@@ -219,7 +221,7 @@ def _save(run: NotebookRun, root: Path) -> None:
             run.saved = nb
             return
         run.page.wait_for_timeout(POLL_S * 1000)  # not time.sleep: the page must go on saving meanwhile
-    run.page.screenshot(path=str(browser.artifacts_dir("browser-failure") / f"{run.chapter}-{run.kind}.png"))
+    run.page.screenshot(path=str(browser.artifacts_dir("browser-failure") / f"{run.chapter}.png"))
     counts = None if nb is None else sum(c.execution_count is not None for c in nb.cells if c.cell_type == "code")
     raise AssertionError(f"{run.label}: the saved notebook shows {counts} cells run, the page {ran}")
 
@@ -263,31 +265,27 @@ def _picture(run: NotebookRun, target, path: Path) -> None:
 
 
 def _screenshots(run: NotebookRun, folder: Path, tick=lambda: None) -> None:
-    """The window as the run left it, then scrolled to each rich output of the solution (figures, views, widgets)
-    or to the first failed check of the student notebook, one picture each. ``tick`` is called between pictures (to
-    keep the other notebook going)."""
+    """The window as the run left it, then scrolled to each rich output (figures, views, widgets) and to the first
+    failed check, one picture each. ``tick`` is called between pictures (to keep the other notebook going)."""
     panel = run.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
-    stem = f"{run.chapter}-{run.kind}"
-    path = folder / f"{stem}.png"
+    path = folder / f"{run.chapter}.png"
     run.page.screenshot(path=str(path))
     run.screenshots.append(path)
-    if run.kind == "solution":
-        outputs = panel.locator(
-            ".jp-OutputArea-child:has(.js-plotly-plot), .jp-OutputArea-child:has(div[id^='circuits-vis-']), "
-            ".jp-OutputArea-child:has(.jupyter-widgets)"
-        )
-        for i in range(outputs.count()):
-            _picture(run, outputs.nth(i), folder / f"{stem}-{i + 1:02d}.png")
-            tick()
-    else:
-        failed = panel.locator(".jp-CodeCell:has([data-mime-type='application/vnd.jupyter.stderr'])")
-        if failed.count():
-            _picture(run, failed.first, folder / f"{stem}-first-error.png")
+    outputs = panel.locator(
+        ".jp-OutputArea-child:has(.js-plotly-plot), .jp-OutputArea-child:has(div[id^='circuits-vis-']), "
+        ".jp-OutputArea-child:has(.jupyter-widgets)"
+    )
+    for i in range(outputs.count()):
+        _picture(run, outputs.nth(i), folder / f"{run.chapter}-{i + 1:02d}.png")
+        tick()
+    failed = panel.locator(".jp-CodeCell:has([data-mime-type='application/vnd.jupyter.stderr'])")
+    if failed.count():
+        _picture(run, failed.first, folder / f"{run.chapter}-first-error.png")
 
 
 @dataclass
 class Session:
-    runs: dict[tuple[str, str], NotebookRun]
+    runs: dict[str, NotebookRun]  # by chapter
     guard: browser.Guard
     server_log: str
     network: list[str]
@@ -303,26 +301,25 @@ def session(tmp_path_factory) -> Session:
     started = time.monotonic()
     tmp = tmp_path_factory.mktemp("browser")
     root = tmp / "course"
-    for kind in KINDS:
-        for chapter in CHAPTERS:
-            target = root / FOLDERS[kind] / chapter
-            target.mkdir(parents=True)
-            shutil.copy(ROOT / FOLDERS[kind] / chapter / f"{chapter}.ipynb", target)
+    for chapter in CHAPTERS:
+        target = root / FOLDER / chapter
+        target.mkdir(parents=True)
+        shutil.copy(ROOT / FOLDER / chapter / f"{chapter}.ipynb", target)
     artifacts = browser.artifacts_dir("browser")
     offset = os.path.getsize(NETWORK_LOG) if os.path.exists(NETWORK_LOG) else 0
     server = browser.course_lab(root, tmp / "home", kernels=SLOTS)
     guard = browser.Guard()
-    runs: dict[tuple[str, str], NotebookRun] = {}
+    runs: dict[str, NotebookRun] = {}
     toasts: list[str] = []
     try:
         with sync_playwright() as playwright:
             chromium = browser.launch(playwright, executable)
-            waiting = [NotebookRun(c, k, Path(FOLDERS[k]) / c / f"{c}.ipynb") for c, k in _longest_first()]
+            waiting = [NotebookRun(c, Path(FOLDER) / c / f"{c}.ipynb") for c in _longest_first()]
             active: list[NotebookRun] = []
             while waiting or active:
                 while waiting and len(active) < SLOTS:  # start the next notebook in a free slot
                     run = waiting.pop(0)
-                    _open(chromium, guard, server.url, run, f"{run.chapter}-{run.kind}")
+                    _open(chromium, guard, server.url, run, run.chapter)
                     run.started = time.monotonic()
                     run.run("Run All Cells")
                     active.append(run)
@@ -335,13 +332,12 @@ def session(tmp_path_factory) -> Session:
                     toasts += run.page.locator(TOASTS).all_text_contents()
                     _save(run, root)
                     run.drawn = run.page.evaluate(DRAWN_JS)
-                    if run.kind == "solution":
-                        _use_score_widget(run, root)
+                    _use_score_widget(run, root)
                     shooting = time.monotonic()
                     _screenshots(run, artifacts, tick=lambda: [other.poll() for other in active])
                     run.screenshot_seconds = time.monotonic() - shooting
                     run.page.context.close()  # its kernel stays (idle) until the server stops
-                    runs[(run.chapter, run.kind)] = run
+                    runs[run.chapter] = run
                 if active:
                     active[0].page.wait_for_timeout(POLL_S * 1000)  # not time.sleep: Playwright's events must flow
             chromium.close()
@@ -354,7 +350,7 @@ def session(tmp_path_factory) -> Session:
             network = [line.strip() for line in f if line.strip()]
     seconds = time.monotonic() - started
     timings = {
-        f"{c}-{k}": {
+        chapter: {
             "run": round(r.seconds, 1),
             "stops": r.stops,
             # Cells the kernel ran more than once: after an error ipykernel aborts only the requests already
@@ -365,7 +361,7 @@ def session(tmp_path_factory) -> Session:
             "screenshots": round(r.screenshot_seconds, 1),
             "kernel dialogs": r.kernel_dialogs,
         }
-        for (c, k), r in runs.items()
+        for chapter, r in runs.items()
     }
     (artifacts / "timings.json").write_text(json.dumps(dict(timings, total=round(seconds, 1)), indent=2) + "\n")
     return Session(runs, guard, server.log_text(), network, toasts, seconds)
@@ -392,19 +388,14 @@ def _circuitsvis_views(nb) -> int:
     return sum("".join(o["data"]["text/html"]).count(CIRCUITSVIS_MARK) for _, _, o in _outputs(nb, "text/html"))
 
 
-NOTEBOOKS = [(chapter, kind) for chapter in CHAPTERS for kind in KINDS]
-
-
-def _longest_first() -> list[tuple[str, str]]:
-    """The notebooks in the order they are started: the longest first (the chapter's measured run time, from
-    benchmarks/results.json; a student notebook before its solution, since it stops at every exercise), so that
-    the two slots finish close together."""
+def _longest_first() -> list[str]:
+    """The chapters in the order they are started: the longest first (the chapter's measured run time, from
+    benchmarks/results.json), so that the two slots finish close together."""
     try:
         measured = json.loads((ROOT / "benchmarks" / "results.json").read_text())["notebooks"]
     except (OSError, KeyError, ValueError):
         measured = {}
-    seconds = {chapter: measured.get(chapter, {}).get("seconds", 0.0) for chapter in CHAPTERS}
-    return sorted(NOTEBOOKS, key=lambda notebook: (-seconds[notebook[0]], notebook[1] != "student"))
+    return sorted(CHAPTERS, key=lambda chapter: -measured.get(chapter, {}).get("seconds", 0.0))
 
 
 def test_jupyterlab_starts_with_the_course_settings(session):
@@ -418,49 +409,50 @@ def test_jupyterlab_starts_with_the_course_settings(session):
     assert not session.guard.refused, session.guard.refused
 
 
-@pytest.mark.parametrize("chapter, kind", NOTEBOOKS)
-def test_every_cell_runs_from_the_menu(session, chapter, kind):
-    run = session.runs[(chapter, kind)]
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_cell_runs_from_the_menu(session, chapter):
+    run = session.runs[chapter]
     code_cells = [c for c in nbformat.read(ROOT / run.path, as_version=4).cells if c.cell_type == "code"]
     assert len(run.prompts) == len(code_cells) and all(_has_run(p) for p in run.prompts), run.prompts
     counts = [c.execution_count for c in run.saved.cells if c.cell_type == "code"]
     assert all(counts), counts
-    if kind == "solution":  # one Run All, no error: each cell ran once, top to bottom
-        assert run.stops == 0 and counts == list(range(1, len(code_cells) + 1)), counts
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
-def test_the_solution_shows_no_error(session, chapter):
-    run = session.runs[(chapter, "solution")]
-    assert not _errors(run.saved), _errors(run.saved)
-    stderr = [
-        "".join(o.get("text", ""))
-        for _, _, o in _outputs(run.saved)
-        if o.get("output_type") == "stream" and o.get("name") == "stderr" and "Traceback" in "".join(o.get("text", ""))
-    ]
-    assert not stderr, stderr
-
-
-@pytest.mark.parametrize("chapter", CHAPTERS)
-def test_an_untouched_student_notebook_fails_only_at_its_exercises(session, chapter):
-    """Run as released, the student notebook fails only at its exercises: a stub that still raises
-    NotImplementedError, or the check after it saying what is missing. Every other cell runs (on the course's
-    reference)."""
-    run = session.runs[(chapter, "student")]
+def test_an_untouched_student_notebook_fails_at_every_exercise_and_only_there(session, chapter):
+    """Run as released, the student notebook fails at each exercise: every check cell says what is missing (so no
+    stub passes its check) and every other error is a stub that still raises NotImplementedError. Every other cell
+    runs (on the course's reference), with no traceback printed."""
+    run = session.runs[chapter]
     errors = _errors(run.saved)
-    assert errors
     for index, meta, ename, evalue in errors:
         assert meta.get("solution") or meta.get("grade"), f"cell {index} is not an exercise: {ename}: {evalue}"
         assert ename in UNFINISHED, f"cell {index} ({meta.get('grade_id')}): {ename}: {evalue}"
+    failed = {meta.get("grade_id") for _, meta, _, _ in errors}
+    checks = {
+        meta["grade_id"]
+        for cell in run.saved.cells
+        if cell.cell_type == "code"
+        and (meta := cell.metadata.get("nbgrader", {})).get("grade")
+        and not meta.get("solution")
+    }
+    assert checks and checks <= failed, f"checks that passed on an unfinished stub: {sorted(checks - failed)}"
+    stderr = [
+        index
+        for index, meta, o in _outputs(run.saved)
+        if o.get("output_type") == "stream" and o.get("name") == "stderr" and "Traceback" in "".join(o.get("text", ""))
+    ]
+    assert not stderr, f"cells {stderr} printed a traceback"
 
 
-@pytest.mark.parametrize("chapter, kind", NOTEBOOKS)
-def test_every_figure_and_view_is_drawn(session, chapter, kind):
-    run = session.runs[(chapter, kind)]
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_figure_and_view_is_drawn(session, chapter):
+    run = session.runs[chapter]
     plots = list(_outputs(run.saved, PLOTLY))
     views = _circuitsvis_views(run.saved)
     widgets = list(_outputs(run.saved, WIDGET))
     drawn = run.drawn
+    assert plots, f"{chapter}: no plotly figure at all"
     assert len(drawn["plots"]) == len(plots), (len(drawn["plots"]), len(plots))
     for plot in drawn["plots"]:
         assert plot["traces"] > 0 and plot["svg"] > 0 and min(plot["size"]) > 0, plot
@@ -470,18 +462,16 @@ def test_every_figure_and_view_is_drawn(session, chapter, kind):
     assert len(drawn["widgets"]) == len(widgets), (drawn["widgets"], len(widgets))
     assert all(widget["children"] > 0 for widget in drawn["widgets"]), drawn["widgets"]
     assert not drawn["widgetErrors"], drawn["widgetErrors"]
-    if kind == "solution":
-        assert plots, f"{chapter}: no plotly figure at all"
 
 
 def test_circuitsvis_views_are_drawn_in_chapter_01(session):
     """Chapter 01 shows circuitsvis's attention view (its bundle inlined from the installed package)."""
-    assert _circuitsvis_views(session.runs[("01_circuits", "solution")].saved) > 0
+    assert _circuitsvis_views(session.runs["01_circuits"].saved) > 0
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_the_score_widget_saves_the_scores_file(session, chapter):
-    scores = session.runs[(chapter, "solution")].scores
+    scores = session.runs[chapter].scores
     assert scores["shown"][research.SCORE_KEYS[0]] == scores["before"] + 1
     assert scores["file"] is not None and scores["file"][scores["area"]] == scores["shown"], scores
     assert "saved" in scores["message"] and research.DEFAULT_SCORES_FILE in scores["message"]

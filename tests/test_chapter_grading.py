@@ -1,11 +1,14 @@
-"""The grader's round trip on every real chapter: the solution earns full marks, the released blank notebook zero, a
-plausible wrong answer partial marks with the check's message in its feedback, and the bypasses that a real chapter
-makes possible (importing its reference answers, rebinding its checks, silencing errors) earn nothing.
+"""The grader's round trip on every real chapter: the solution earns full marks, a plausible wrong answer partial
+marks with the check's message in its feedback, and the released notebook with every bypass that a real chapter makes
+possible (its exercises importing the reference answers, its checks rebound to pass, its errors silenced) earns
+nothing, each bypass flagged.
 
 This is also where every solution notebook is executed end to end, offline, in a real sandboxed kernel, once per
-test run: one batch per chapter holds every submission (graded two at a time), and every test reads that batch. A
-solution that crashes, or a check that does not print its success line, fails here. Robustness to broken and hostile
-submissions in general is tested on a small fixture chapter in tests/test_grading.py, where it is cheap.
+test run: one batch per chapter holds the three submissions (graded two at a time), and every test reads that batch.
+A solution that crashes, prints a traceback, or has a check that does not print its success line fails here. That
+each released stub fails its check is seen where the student sees it, in tests/test_browser.py (the student notebook
+run in JupyterLab fails at every exercise); robustness to broken and hostile submissions in general is tested on a
+small fixture chapter in tests/test_grading.py, where it is cheap.
 """
 
 from __future__ import annotations
@@ -130,10 +133,11 @@ def _copy(nb):
     return nbformat.from_dict(json.loads(json.dumps(nb)))
 
 
-def _with_cell(nb, source: str):
-    """The notebook with a code cell of the student's own right after the setup cell (the first code cell)."""
+def _with_cell(nb, source: str, after=lambda cell: True):
+    """The notebook with a code cell of the student's own right after the first code cell for which ``after`` is
+    true (by default the setup cell, the first code cell)."""
     nb = _copy(nb)
-    first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and after(c))
     nb.cells.insert(first + 1, nbformat.v4.new_code_cell(source))
     return nb
 
@@ -148,6 +152,47 @@ def _reference_everywhere(source_nb, release_nb, package: str):
             names = [n.name for n in ast.parse(solutions[grade_id].source).body if isinstance(n, ast.FunctionDef)]
             if names:
                 cell.source = f"from mechinterp_course.{package}.reference import {', '.join(names)}"
+    return nb
+
+
+def _names(source: str) -> tuple[set[str], set[str]]:
+    """(names a cell defines at top level, names it reads that it never binds itself: its free names). Magics and
+    shell lines are skipped."""
+    tree = ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
+    defined = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.With)):
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            targets += [item.optional_vars for item in getattr(node, "items", [])]
+            defined |= {t.id for target in targets if target for t in ast.walk(target) if isinstance(t, ast.Name)}
+    bound = {t.id for t in ast.walk(tree) if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store)}
+    bound |= {a.arg for t in ast.walk(tree) if isinstance(t, ast.arguments) for a in t.args + t.kwonlyargs}
+    read = {t.id for t in ast.walk(tree) if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Load)}
+    return defined, read - bound - defined
+
+
+def _without_demos(nb):
+    """The notebook with only what grading needs: the setup cell, the exercises, the checks, and the cells that
+    define a name an exercise reads (a table of findings to match, a constant). Every other code cell (the
+    demonstrations, the figures, the trainings) is deleted, as a student may delete cells; the markdown stays."""
+    nb = _copy(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    kept = {id(code[0])} | {id(c) for c in code if _meta(c).get("solution") or _meta(c).get("grade") or not _meta(c)}
+    needed = set().union(*(_names(c.source)[1] for c in code if id(c) in kept))
+    changed = True
+    while changed:  # the cells defining what the kept cells read, and what those read in turn
+        changed = False
+        for cell in code:
+            assigned, read = _names(cell.source)
+            if id(cell) not in kept and assigned & needed:
+                kept.add(id(cell))
+                needed |= read
+                changed = True
+    nb.cells = [c for c in nb.cells if c.cell_type != "code" or id(c) in kept]
     return nb
 
 
@@ -166,14 +211,18 @@ def graded(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(chapter)
     downloads = tmp / "downloads"
     downloads.mkdir()
-    # Four executions per chapter, not six: the untouched release is graded with the two bypasses that can only make
-    # a kernel look better (checks rebound to pass, errors silenced) added to it, so that one run shows both that a
-    # blank notebook scores zero and that neither bypass changes that (the grader scores in its own process).
+    # One full execution per chapter, the solution's; the other two submissions keep only the setup cell, the
+    # exercises and the checks (a student may delete the rest), so they cost seconds and run beside it:
+    # - the wrong answer: every other exercise keeps its marks, with no demonstration cell between them;
+    # - the bypasses, in one run: each exercise of the release imports the reference answer, and the checks are
+    #   rebound to pass and errors silenced on top. Every score must still be zero (the grader scores in its own
+    #   process, and the reference is not importable while grading) and every bypass flagged. Errors are silenced
+    #   after the first import of a reference answer, so that its refusal shows its message.
+    reference = _with_cell(_reference_everywhere(source, release, package), REBIND.format(package=package))
     submissions = {
         "solution": source,
-        "wrong": wrong,
-        "reference": _reference_everywhere(source, release, package),
-        "blank": _with_cell(_with_cell(release, SILENCE), REBIND.format(package=package)),
+        "wrong": _without_demos(wrong),
+        "bypass": _without_demos(_with_cell(reference, SILENCE, after=lambda cell: ".reference import" in cell.source)),
     }
     for student, nb in submissions.items():
         nbformat.write(nb, downloads / f"{student}_{chapter}.ipynb")
@@ -198,6 +247,14 @@ def test_solution_runs_end_to_end_and_earns_full_marks(graded):
         if o.get("output_type") == "error"
     ]
     assert not errors, errors
+    tracebacks = [
+        i
+        for i, c in enumerate(executed.cells)
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "stream" and o.get("name") == "stderr" and "Traceback" in o.get("text", "")
+    ]
+    assert not tracebacks, f"cells {tracebacks} printed a traceback"
     for cell in executed.cells:
         if cell.cell_type == "code" and _meta(cell).get("grade_id") in expected:
             printed = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
@@ -205,14 +262,15 @@ def test_solution_runs_end_to_end_and_earns_full_marks(graded):
             assert printed.count("\u2705") >= 2, f"{_meta(cell)['grade_id']} printed: {printed!r}"
 
 
-def test_blank_release_scores_zero_on_every_autograded_exercise_even_with_checks_rebound_and_errors_silenced(graded):
+def test_every_bypass_together_scores_zero_and_each_is_flagged(graded):
     chapter, source, report = graded
-    result = report["blank"]
+    result = report["bypass"]
     scores = {k: result.cell_scores[k][0] for k in _autograded(source)}
     assert scores == dict.fromkeys(scores, 0), scores
     assert result.auto_score == 0 and result.max_auto_score > 0
     flags = " ".join(result.problems)
     assert "silencing errors" in flags and "rebinding or importing the course's checks" in flags, result.problems
+    assert "using the course's reference answers" in flags, result.problems
 
 
 def test_wrong_answer_gets_partial_marks_and_the_checks_message(graded):
@@ -228,16 +286,8 @@ def test_wrong_answer_gets_partial_marks_and_the_checks_message(graded):
     assert hidden_test_leaks(feedback, ROOT / "solutions" / chapter / f"{chapter}.ipynb") == []
 
 
-def test_importing_the_reference_answers_earns_nothing_and_is_flagged(graded):
-    chapter, source, report = graded
-    result = report["reference"]
-    scores = {k: result.cell_scores[k][0] for k in _autograded(source)}
-    assert scores == dict.fromkeys(scores, 0), scores
-    assert any("using the course's reference answers" in p for p in result.problems), result.problems
-
-
 def test_the_reference_is_never_in_a_graded_notebook(graded):
     chapter, source, report = graded
-    executed = nbformat.read(report.out_dir / "submitted" / "reference" / chapter / f"{chapter}.ipynb", as_version=4)
+    executed = nbformat.read(report.out_dir / "submitted" / "bypass" / chapter / f"{chapter}.ipynb", as_version=4)
     outputs = json.dumps([c.get("outputs") for c in executed.cells if c.cell_type == "code"])
     assert re.search(r"not available while your notebook is graded", outputs)

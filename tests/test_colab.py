@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +122,7 @@ class ColabRun:
 
 
 @pytest.fixture(scope="module")
-def colab_run(tmp_path_factory) -> ColabRun:
+def colab_run(tmp_path_factory) -> Iterator[ColabRun]:
     tmp = tmp_path_factory.mktemp("colab")
     offset = os.path.getsize(NETWORK_LOG) if os.path.exists(NETWORK_LOG) else 0
     times = {"start": time.monotonic()}
@@ -204,7 +205,11 @@ def colab_run(tmp_path_factory) -> ColabRun:
         json.dumps({"steps": steps, "slowest cells": dict((f"cell {c}", float(t)) for t, c in durations)}, indent=2)
         + "\n"
     )
-    return ColabRun(site, layer, checkout, torch_before, torch_after, course, nbval, code_cells, network)
+    yield ColabRun(site, layer, checkout, torch_before, torch_after, course, nbval, code_cells, network)
+    # The runtime holds every dependency installed for real (about 1.2 GB): gone once this module's tests have read
+    # it, so that the suite's disk use stays small on a CI machine (its timings and nbval's output are kept).
+    for folder in ("venv", "checkout"):
+        shutil.rmtree(tmp / folder, ignore_errors=True)
 
 
 def test_the_chapter_runs_under_nbval(colab_run):

@@ -17,6 +17,8 @@ import os
 import shutil
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -492,13 +494,33 @@ def test_the_box_holds(batch, listener):
     assert "File too large" in disk or "No space left" in disk
     assert "Operation not permitted" in json.dumps([c.get("outputs") for c in _executed(batch, "killparent").cells])
     # The survivor and the fork bomb are gone, and the gradebook holds every student.
-    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _uid(p) >= sandbox.UID_BASE]
+    # (Only this batch's users: the suite's other worker may be grading another batch, as its own users.)
+    assert os.geteuid() != 0 or batch.uids
+    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _uid(p) in batch.uids]
     assert leftovers == []
     with sqlite3.connect(batch.gradebook) as db:
         assert {row[0] for row in db.execute("select id from student")} == set(STUDENTS)
     assert "overwritten" not in batch.problems_csv.read_text()
     assert len(batch.protections) == 5 and not batch.missing_protections
     assert any("network namespace" in line for line in batch.protections)
+
+
+def test_two_grading_processes_never_share_a_user_id():
+    """Two batches graded at once (two instructors' commands, or the suite's two workers) run student code as
+    different users: one's fork bomb exhausts only its own user's process limit."""
+    if os.geteuid() != 0:
+        pytest.skip("student code runs as other users only when the grader runs as root")
+    hold = "from mechinterp_course.instructor import sandbox; import time; print(sandbox.slot_uid(0), flush=True)"
+    first = subprocess.Popen([sys.executable, "-c", hold + "; time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        held = int(first.stdout.readline())
+        second = subprocess.run([sys.executable, "-c", hold], capture_output=True, text=True, check=True)
+        assert held >= sandbox.UID_BASE and int(second.stdout) != held
+    finally:
+        first.kill()
+        first.wait()
+    again = subprocess.run([sys.executable, "-c", hold], capture_output=True, text=True, check=True)
+    assert int(again.stdout) <= held  # released when the process that held it ended
 
 
 def _uid(pid: str) -> int:

@@ -10,6 +10,8 @@ import torch
 from mechinterp_course import circuits, models, recipes, tasks
 
 ZOO_BUDGET_BYTES = 40 * 1024 * 1024  # the limit for the whole zoo
+#: Examples whose argmax may flip between CPUs in the grokking retrace (one was seen: AVX-512 here, another CI CPU).
+NEAR_TIE_FLIPS = 2
 
 
 def test_zoo_lists_every_recipe_and_fits_the_budget():
@@ -90,10 +92,19 @@ def test_grokking_recipe_runs_and_retraces_the_shipped_trajectory(tmp_path):
     saved = json.loads((tmp_path / "modadd-113.json").read_text())
     assert saved["training"]["steps"] == 21 and len(saved["progress_measures"]) == 2  # snapshots at steps 0 and 20
     assert (tmp_path / "modadd-113.snapshots.safetensors").exists()
+    n_train = saved["training"]["n_train"]
+    modulus = shipped["config"]["d_vocab_out"]
+    sizes = {"train_accuracy": n_train, "test_accuracy": modulus**2 - n_train}
     for row, shipped_row in zip(card["log"], shipped["log"]):
         assert row["step"] == shipped_row["step"]
-        for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+        for key in ("train_loss", "test_loss"):
             assert row[key] == pytest.approx(shipped_row[key], rel=1e-4), (row["step"], key)
+        # Accuracy is an argmax: near chance (the first steps) many logits are near ties, and the last bit of a
+        # matmul, which differs between CPUs (AVX2 against AVX-512 kernels), flips a few of them. It is compared as
+        # a count of examples, allowing NEAR_TIE_FLIPS of them; the losses above carry the exact comparison.
+        for key, size in sizes.items():
+            flips = abs(round(row[key] * size) - round(shipped_row[key] * size))
+            assert flips <= NEAR_TIE_FLIPS, (row["step"], key, flips)
 
 
 @pytest.mark.slow

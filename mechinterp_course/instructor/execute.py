@@ -338,6 +338,10 @@ class Kernel:
         path.chmod(0o644)
         return str(path)
 
+    def release_file(self, path: str) -> None:
+        """Delete a file :meth:`exchange_file` wrote, once the kernel has answered the call that read it."""
+        Path(path).unlink(missing_ok=True)
+
 
 # --------------------------------------------------------------------------------------------------------------
 # A whole notebook

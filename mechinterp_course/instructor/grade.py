@@ -170,6 +170,7 @@ class GradeReport:
     warnings: list[str] = field(default_factory=list)  # problems with the batch rather than one student
     protections: list[str] = field(default_factory=list)  # what the sandbox enforced (once per batch)
     missing_protections: list[str] = field(default_factory=list)  # what it could not
+    uids: list[int] = field(default_factory=list)  # the user ids student code ran as (when grading as root)
 
     def __getitem__(self, student_id: str) -> StudentResult:
         for result in self.students:
@@ -1030,6 +1031,7 @@ def grade(
         warnings_,
         protections=protections,
         missing_protections=missing,
+        uids=sorted({box["uid"] for box in boxes if isinstance(box, dict) and box.get("uid") is not None}),
     )
     _export_csv(db_url, chapter, report.grades_csv)
     known = _remember_students(out, submissions)

@@ -430,18 +430,39 @@ def outside_the_system() -> list[str]:
     )
 
 
+#: Lock files of the user ids in use. A grading process holds the lock of each id it runs student code as, until
+#: it exits, so that two batches graded at once on one machine never share one: the per-user process limit (which
+#: stops a fork bomb) and the files a user may touch stay each batch's own.
+UID_LOCKS = Path("/run/mechinterp-course/uids")
+#: slot -> (user id, the open lock file that holds it), in this process.
+_held_uids: dict[int, tuple[int, int]] = {}
+
+
 def slot_uid(slot: int) -> int | None:
-    """The user id student code runs as in grading slot ``slot`` (None unless the grader runs as root)."""
+    """The user id student code runs as in grading slot ``slot`` (None unless the grader runs as root): the first
+    of ``UID_BASE + slot``, then 100 more each time, that no account of the machine has and no other grading
+    process holds."""
     if os.geteuid() != 0:
         return None
+    if slot in _held_uids:
+        return _held_uids[slot][0]
+    import fcntl
     import pwd
 
+    UID_LOCKS.mkdir(parents=True, exist_ok=True, mode=0o700)
     uid = UID_BASE + slot
     while True:
         try:
             pwd.getpwuid(uid)
         except KeyError:
-            return uid
+            fd = os.open(UID_LOCKS / f"{uid}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another batch is using it
+                os.close(fd)
+            else:
+                _held_uids[slot] = (uid, fd)  # the lock lasts as long as this process
+                return uid
         uid += 100
 
 

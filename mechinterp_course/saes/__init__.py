@@ -56,9 +56,11 @@ class ToyModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [batch, inst, n_features] -> [batch, inst, n_features]``."""
-        hidden = einops.einsum(x, self.W, "batch inst feat, inst feat hidden -> batch inst hidden")
-        out = einops.einsum(hidden, self.W, "batch inst hidden, inst feat hidden -> batch inst feat")
-        return (out + self.b_final).relu()
+        # Instances as the batch of a matrix product (bmm), which a CPU runs faster than the equivalent einsum.
+        by_instance = einops.rearrange(x, "batch inst feat -> inst batch feat")
+        hidden = torch.bmm(by_instance, self.W)  # [inst, batch, hidden]
+        out = torch.bmm(hidden, self.W.transpose(1, 2))  # [inst, batch, feat]
+        return (einops.rearrange(out, "inst batch feat -> batch inst feat") + self.b_final).relu()
 
 
 def toy_batch(feature_probability: Tensor, batch: int, generator: torch.Generator) -> Tensor:
@@ -70,8 +72,9 @@ def toy_batch(feature_probability: Tensor, batch: int, generator: torch.Generato
 
 
 #: The paper's released code trains with AdamW at lr 1e-3 on batches of 1,024 for 10,000 steps (secondary source;
-#: published-results.md); the chapter's figures settle in fewer steps (below), in seconds.
-TOY_LR, TOY_BATCH = 1e-3, 1024
+#: published-results.md). At lr 1e-2 the chapter's models reach the same solutions in 1,000 steps, in seconds (at 1e-3
+#: and 2,000 steps the densest pentagon had not yet dropped its three least important features: measured).
+TOY_LR, TOY_BATCH = 1e-2, 1024
 
 
 def train_toy(
@@ -111,12 +114,13 @@ def train_toy(
 
 
 #: Steps for the pentagon and the phase diagram.
-TOY_STEPS = 2000
+TOY_STEPS = 1000
 #: The sticky-dimensionality experiment, scaled down from the paper's 400 features in 30 dimensions so that it runs in
 #: seconds (the fractions features stick at do not depend on the size).
-STICKY = dict(n_features=60, d_hidden=12, instances=10, steps=3000, batch=256)
-#: The phase diagram's grid: importance ratios x densities.
-PHASE_GRID = 10
+STICKY = dict(n_features=60, d_hidden=12, instances=10, steps=1000, batch=256)
+#: The phase diagram's grid (importance ratios x densities), and its batch: 100 instances of 2 features are cheap
+#: per sample, so 256 samples a step settle the same regions as 1,024 at a quarter of the time (measured).
+PHASE_GRID, PHASE_BATCH = 10, 256
 #: The fractions feature dimensionality sticks at in the paper's figure.
 STICKY_FRACTIONS = (1.0, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 3 / 8, 1 / 3)
 
@@ -592,10 +596,11 @@ def sweep_figure(sweep: dict) -> go.Figure:
 # Section 3: an SAE on the zoo's language model
 # --------------------------------------------------------------------------------------------------------------
 
-#: The language-model SAE the chapter trains: on the last MLP of stdlib-2l (d_mlp 512), 4 latents per neuron,
-#: TopK with k = 16, on 65k held-out tokens; evaluated on the next 16k.
+#: The language-model SAE the chapter trains: on the last MLP of stdlib-2l (d_mlp 512), 2 latents per neuron,
+#: TopK with k = 16, on 65k held-out tokens; evaluated on the next 16k. Measured on one machine, 500 steps: 1,024
+#: latents train in 12 s to explained variance 0.674 with 0.1% dead; 2,048 took 21 s for 0.686 with 3.6% dead.
 LM_SAE = dict(
-    layer=1, train_rows=256, eval_rows=64, d_sae=2048, k=16, steps=500, batch=512, lr=1e-3, dead_after=512 * 100
+    layer=1, train_rows=256, eval_rows=64, d_sae=1024, k=16, steps=500, batch=512, lr=1e-3, dead_after=512 * 100
 )
 
 
