@@ -97,11 +97,9 @@ def train(
     result = TrainResult()
     start = time.perf_counter()
     bar = tqdm(range(config.steps), desc=config.description, disable=not config.progress, mininterval=0.5)
-    # Switched to training mode once, and back after each evaluation: ``Module.train()`` walks every submodule, and
-    # a TransformerBridge has hundreds (its hook points), which made the call a quarter of a small model's step.
-    model.train()
     try:
         for step in bar:
+            model.train()
             with torch.enable_grad():  # notebooks that analyse a trained model switch gradients off globally
                 loss = loss_fn(model, batch_fn(step))
                 optimizer.zero_grad(set_to_none=True)
@@ -123,7 +121,6 @@ def train(
                     model.eval()
                     with torch.no_grad():
                         row.update({k: float(v) for k, v in eval_fn(model).items()})
-                    model.train()
                 result.log.append(row)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k != "step"}, refresh=False)
                 if callback is not None:

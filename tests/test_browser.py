@@ -46,7 +46,7 @@ FOLDER = "chapters"
 #: Notebooks run at once, each in its own window with its own kernel: one per core of the 2-core machines the
 #: course targets (each kernel gets its share of the cores for PyTorch's threads).
 SLOTS = 2
-#: Longest a notebook may take to run in the page (chapter 02, the longest, takes about 70 s on 2 cores).
+#: Longest a notebook may take to run in the page (chapter 03, the longest, takes about 180 s on 2 cores alone).
 RUN_TIMEOUT_S = 600
 POLL_S = 0.25
 PLOTLY = "application/vnd.plotly.v1+json"
