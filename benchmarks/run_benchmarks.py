@@ -58,6 +58,7 @@ NOTEBOOK_TARGETS = {
     "02_grokking": (240, 2048),
     "03_backup": (240, 2048),
     "04_saes": (300, 2048),
+    "05_attention_superposition": (240, 2048),  # issue 12: at most 4 minutes and 2 GB
     "06_understanding": (240, 2048),
 }
 RECIPE_TARGETS = {"induction-2l": 60}

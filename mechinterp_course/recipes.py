@@ -541,3 +541,58 @@ def train_backup_dropout(seed: int = 0, progress: bool = True, steps: int | None
     from . import backup
 
     return _train_backup_recipe("backup-dropout", backup.DROPOUT_CONFIG, seed, progress, steps)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# trigrams-3x2, trigrams-5x2, source-pairs-2x1: the attention-superposition chapter's toy models
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _attention_toy_recipe(name: str, seed: int, progress: bool, steps: int | None):
+    from . import attention_superposition as attn
+
+    model, result, best = attn.train_zoo_model(name, seed=seed, progress=progress, steps=steps)
+    kind, n, n_heads, d_head = attn.ZOO_MODELS[name]
+    card = {
+        "recipe": name,
+        "description": f"one-layer attention-only model, {n_heads} heads of d_head {d_head}, one-hot embeddings, "
+        + (
+            f"on {n} skip-trigrams [A] ... [B] -> [C] (OV-incoherent; Mathwin et al.'s tokens)"
+            if kind == "skip_trigrams"
+            else "on Greenspan and Wynroe's source pairs (OV-coherent)"
+        )
+        + f": the attention-superposition chapter's toy model; the best (lowest loss) of "
+        f"{attn.ZOO_TRAIN['instances']} seeds trained at once (instance {best}).",
+        "config": model.course_config,
+        "seed": seed,
+        "training": dict(
+            attn.TRAIN,
+            steps=steps or attn.ZOO_TRAIN["steps"],
+            instances=attn.ZOO_TRAIN["instances"],
+            kept_instance=best,
+            optimizer="AdamW",
+        ),
+        "train_seconds": round(result.seconds, 1),
+        "trained_on": f"{platform.machine()}, 1 thread, torch {torch.__version__}",
+        "metrics": attn.zoo_metrics(model, attn.zoo_task(name)),
+        "log": result.log,
+    }
+    return model, card
+
+
+@recipe("trigrams-3x2")
+def train_trigrams_3x2(seed: int = 0, progress: bool = True, steps: int | None = None):
+    """3 skip-trigrams, 2 heads of d_head 1 (8 seeds at once, the best kept): about 25 s on one core."""
+    return _attention_toy_recipe("trigrams-3x2", seed, progress, steps)
+
+
+@recipe("trigrams-5x2")
+def train_trigrams_5x2(seed: int = 0, progress: bool = True, steps: int | None = None):
+    """5 skip-trigrams, 2 heads of d_head 1 (8 seeds at once, the best kept): about 25 s on one core."""
+    return _attention_toy_recipe("trigrams-5x2", seed, progress, steps)
+
+
+@recipe("source-pairs-2x1")
+def train_source_pairs_2x1(seed: int = 0, progress: bool = True, steps: int | None = None):
+    """Greenspan and Wynroe's source pairs, 2 heads of d_head 1 (8 seeds at once, the best kept): about 30 s."""
+    return _attention_toy_recipe("source-pairs-2x1", seed, progress, steps)

@@ -72,6 +72,14 @@ WRONG_ANSWERS = {
         "test-logits",
         "a zero direction writes nothing",
     ),
+    "05_attention_superposition": (
+        "ex-share",
+        "@exercise\ndef head_share(W_dec, n_heads):\n"
+        "    per_head = einops.rearrange(W_dec, 'l (h e) -> l h e', h=n_heads).abs().sum(-1)  # not squared\n"
+        "    return per_head / per_head.sum(-1, keepdim=True).clamp_min(1e-12)\n",
+        "test-share",
+        "values of the shares",
+    ),
     "06_understanding": (
         "ex-induction",
         "@exercise\ndef induction_weights(d_vocab, d_model, n_ctx):\n"

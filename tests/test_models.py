@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 import torch
 
-from mechinterp_course import circuits, models, recipes, tasks
+from mechinterp_course import attention_superposition, circuits, models, recipes, tasks
 
 ZOO_BUDGET_BYTES = 40 * 1024 * 1024  # the limit for the whole zoo
 #: Examples whose argmax may flip between CPUs in the grokking retrace (one was seen: AVX-512 here, another CI CPU).
 NEAR_TIE_FLIPS = 2
+
+
+def _attention_toy_metrics(name: str, model) -> dict[str, float]:
+    return attention_superposition.zoo_metrics(model, attention_superposition.zoo_task(name))
 
 
 def test_zoo_lists_every_recipe_and_fits_the_budget():
@@ -34,6 +39,10 @@ def test_card_is_complete_and_metrics_remeasure(name):
         "stdlib-2l": recipes.stdlib_metrics,
         "backup-plain": recipes.backup_metrics,
         "backup-dropout": recipes.backup_metrics,
+        **{
+            zoo_name: functools.partial(_attention_toy_metrics, zoo_name)
+            for zoo_name in attention_superposition.ZOO_MODELS
+        },
     }[card["recipe"]]
     measured = metric_fn(model)
     for key, value in card["metrics"].items():

@@ -110,7 +110,7 @@ def using_record(record: ExerciseRecord) -> Iterator[ExerciseRecord]:
 # --------------------------------------------------------------------------------------------------------------
 
 #: Chapter packages whose generated ``reference`` module lists their exercises (``EXERCISES``: name -> number).
-CHAPTER_PACKAGES = ("history", "circuits", "grokking", "backup", "saes", "understanding")
+CHAPTER_PACKAGES = ("history", "circuits", "grokking", "backup", "saes", "attention_superposition", "understanding")
 
 
 @functools.cache
