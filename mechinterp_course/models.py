@@ -29,6 +29,9 @@ from typing import Any
 import torch
 
 ZOO_DIR = Path(__file__).parent / "zoo"
+#: Zoo files are readable by everyone: safetensors writes its files owner-only (0600), and a graded notebook's
+#: kernel runs as another user, which must load the zoo's models.
+ZOO_FILE_MODE = 0o644
 
 #: Weight init scale relative to 1/sqrt(d_model); 0.8 is TransformerLens 2.x's default ``init_range``.
 INIT_SCALE = 0.8
@@ -153,6 +156,7 @@ def save(model: torch.nn.Module, name: str, card: dict, zoo_dir: Path | None = N
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights_path), metadata={"name": name})
+    weights_path.chmod(ZOO_FILE_MODE)
     card = dict(card, name=name, n_params=n_params(model), size_bytes=weights_path.stat().st_size)
     card_path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     return weights_path
@@ -171,6 +175,7 @@ def save_snapshots(snapshots: dict[int, dict[str, torch.Tensor]], name: str, zoo
         for key, value in state.items()
     }
     save_file(flat, str(path), metadata={"name": name})
+    path.chmod(ZOO_FILE_MODE)
     return path
 
 

@@ -7,6 +7,7 @@ message that says what is wrong. The claims the notebook's text makes about its 
 
 from __future__ import annotations
 
+import json
 import re
 
 import einops
@@ -18,6 +19,7 @@ from conftest import own as student  # noqa: E402
 
 from mechinterp_course import attention_superposition as attn
 from mechinterp_course import models
+from mechinterp_course import recipes as models_recipes
 from mechinterp_course.attention_superposition import checks, reference
 from mechinterp_course.checking import CheckFailed
 from mechinterp_course.understanding import model_from_weights
@@ -278,3 +280,31 @@ def test_attention_features_feedback():
 
     message = fails(checks.attention_features, student(from_the_task), match="its tokens renamed at random, you miss")
     assert "find" in message
+
+
+def test_a_set_of_features_travels_from_a_graded_kernel():
+    """attention_features returns a set: the kernel-to-grader encoding carries sets of hashable values (JSON, nothing
+    that runs code) and refuses a set whose members cannot be hashed."""
+    from mechinterp_course.instructor import wire
+
+    triples = {(0, 1, 4), (0, 2, 5)}
+    assert wire.decode(json.loads(wire.to_json(wire.encode(triples)))) == triples
+    assert wire.decode(wire.encode(frozenset({1, 2}))) == {1, 2}
+    forged = {"value": {"t": "set", "v": [{"t": "list", "v": [1]}]}, "tensors": ""}
+    with pytest.raises(wire.WireError, match="unhashable"):
+        wire.decode(forged)
+
+
+def test_zoo_recipes_are_deterministic_and_write_files_every_user_can_read(tmp_path):
+    """A graded kernel runs as another user and loads the zoo: safetensors writes owner-only files, so the zoo's
+    writer opens them up."""
+    built = [
+        models_recipes.build("trigrams-3x2", seed=1, progress=False, zoo_dir=tmp_path / str(i), steps=30)
+        for i in range(2)
+    ]
+    first, second = (dict(model.state_dict()) for model, _, _ in built)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    for path in (tmp_path / "0").iterdir():
+        assert path.stat().st_mode & 0o044 == 0o044, path
+    for path in models.ZOO_DIR.iterdir():
+        assert path.stat().st_mode & 0o044 == 0o044, path

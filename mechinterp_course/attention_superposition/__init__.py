@@ -333,20 +333,21 @@ def relabel(model, perm: Tensor):
 
 
 def softmax_split_figure(n_keys: int = N_POS - 1) -> go.Figure:
-    """Why splitting attention is hard: the weight a query puts on one of two keys as their score gap grows, at
-    three score scales, with ``n_keys - 2`` other keys at score 0 (a skip-trigram's context)."""
-    gap = torch.linspace(-3, 3, 121)
+    """Why splitting attention is hard: the weight a query puts on the first of two keys it wants, against how
+    much better the first key matches, for heads of three sharpnesses (the scale of their scores). The other
+    ``n_keys - 2`` keys score 0."""
+    gap = torch.linspace(-1, 1, 121)
     fig = go.Figure()
-    for scale in (1, 3, 10):
+    for scale in (1, 4, 16):
         scores = torch.zeros(len(gap), n_keys)
-        scores[:, 0], scores[:, 1] = scale + gap / 2, scale - gap / 2
+        scores[:, 0], scores[:, 1] = scale * (1 + gap / 2), scale * (1 - gap / 2)
         weight = scores.softmax(-1)[:, 0]
-        fig.add_scatter(x=gap.tolist(), y=weight.tolist(), name=f"scores near {scale}")
+        fig.add_scatter(x=gap.tolist(), y=weight.tolist(), name=f"sharpness {scale}")
     fig.update_layout(
-        title="Attention on key 1 of two wanted keys, against the gap between their scores",
-        xaxis_title="score(key 1) - score(key 2)",
+        title="Attention on the first of two wanted keys, as the first matches a little better or worse",
+        xaxis_title="how much better key 1 matches the query than key 2 (before the head's scale)",
         yaxis_title="attention on key 1",
-        height=350,
+        height=380,
     )
     fig.add_hline(y=0.5, line_dash="dot", annotation_text="an even split")
     return fig
@@ -354,10 +355,11 @@ def softmax_split_figure(n_keys: int = N_POS - 1) -> go.Figure:
 
 def heads_by_trigram_figure(contributions: Tensor, task: SkipTrigrams, title: str) -> go.Figure:
     """``contributions [n_heads, n_trigrams, d_vocab]`` (mean logit contribution of each head at each destination,
-    source present) as one heatmap per head: rows are destinations ``b``, columns output tokens; a box marks the
-    right output ``c_b``."""
+    source present) as one heatmap per head: rows are destinations ``b``, columns output tokens (BOS left out); a
+    box marks the right output ``c_b``."""
+    contributions = contributions[..., : task.bos]  # BOS is never a target: its large negative logit hides the rest
     n_heads = contributions.shape[0]
-    names = [str(t) for t in range(task.d_vocab)]
+    names = [str(t) for t in range(task.bos)]
     rows = [f"b = {b}" for b in task.destinations]
     fig = make_subplots(1, n_heads, subplot_titles=[f"L0H{h}" for h in range(n_heads)], horizontal_spacing=0.06)
     limit = float(contributions.abs().max())

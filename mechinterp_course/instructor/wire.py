@@ -8,7 +8,7 @@ The two directions are not alike, because only one side is trusted:
   ``checks.py`` or ``reference.py`` may travel: the kernel cannot import those modules.
 - **Kernel -> grader** (:func:`encode` / :func:`decode`): what the student's function returned. The kernel runs
   student code, so nothing it sends may run code on the grader's side: values are JSON (numbers, strings, lists,
-  tuples, dicts, dataclasses as dicts) and tensors are safetensors bytes. Anything else is refused with a message.
+  tuples, sets, dicts, dataclasses as dicts) and tensors are safetensors bytes. Anything else is refused with a message.
 """
 
 from __future__ import annotations
@@ -152,12 +152,14 @@ def encode(value: Any) -> dict:
             return {"t": "list" if isinstance(item, list) else "tuple", "v": [walk(v, depth + 1) for v in item]}
         if isinstance(item, dict):
             return {"t": "dict", "v": [[walk(k, depth + 1), walk(v, depth + 1)] for k, v in item.items()]}
+        if isinstance(item, (set, frozenset)):
+            return {"t": "set", "v": [walk(v, depth + 1) for v in item]}
         if isinstance(item, torch.Size):
             return walk(tuple(item), depth)
         if dataclasses.is_dataclass(item) and not isinstance(item, type):
             fields = {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
             return {"t": "dataclass", "name": type(item).__name__, "v": walk(fields, depth + 1)}
-        raise WireError(f"a {type(item).__name__} (return tensors, numbers, strings, lists, tuples or dicts)")
+        raise WireError(f"a {type(item).__name__} (return tensors, numbers, strings, lists, tuples, sets or dicts)")
 
     tree = walk(value, 0)
     if tensors:
@@ -208,6 +210,11 @@ def decode(message: dict) -> Any:
                     raise WireError("an unhashable dict key")
                 out[key] = walk(value, depth + 1)
             return out
+        if kind == "set":
+            members = [walk(v, depth + 1) for v in item["v"]]
+            if any(isinstance(m, (list, dict, set, torch.Tensor)) for m in members):
+                raise WireError("an unhashable member of a set")
+            return set(members)
         if kind == "dataclass":
             return walk(item["v"], depth + 1)
         raise WireError(f"unknown kind {kind!r}")
