@@ -582,17 +582,17 @@ def _attention_toy_recipe(name: str, seed: int, progress: bool, steps: int | Non
 
 @recipe("trigrams-3x2")
 def train_trigrams_3x2(seed: int = 0, progress: bool = True, steps: int | None = None):
-    """3 skip-trigrams, 2 heads of d_head 1 (8 seeds at once, the best kept): about 25 s on one core."""
+    """3 skip-trigrams, 2 heads of d_head 1 (4 seeds at once, the best kept): about 15 s on one core."""
     return _attention_toy_recipe("trigrams-3x2", seed, progress, steps)
 
 
 @recipe("trigrams-5x2")
 def train_trigrams_5x2(seed: int = 0, progress: bool = True, steps: int | None = None):
-    """5 skip-trigrams, 2 heads of d_head 1 (8 seeds at once, the best kept): about 25 s on one core."""
+    """5 skip-trigrams, 2 heads of d_head 1 (4 seeds at once, the best kept): about 15 s on one core."""
     return _attention_toy_recipe("trigrams-5x2", seed, progress, steps)
 
 
 @recipe("source-pairs-2x1")
 def train_source_pairs_2x1(seed: int = 0, progress: bool = True, steps: int | None = None):
-    """Greenspan and Wynroe's source pairs, 2 heads of d_head 1 (8 seeds at once, the best kept): about 30 s."""
+    """Greenspan and Wynroe's source pairs, 2 heads of d_head 1 (4 seeds at once, the best kept): about 20 s."""
     return _attention_toy_recipe("source-pairs-2x1", seed, progress, steps)

@@ -127,11 +127,14 @@ def test_a_relabelled_model_does_what_the_model_did_on_relabelled_inputs():
 
 
 def test_the_notebooks_training_claims_hold():
-    """Section 2: every 2-head model solves the 3 trigrams; no 1-head model does (at most 2 of them)."""
+    """Section 2: every 2-head model solves the 3 trigrams; no 1-head model does (at most 2 of them); section 4:
+    every one of the 2-head models is in superposition."""
     task = attn.skip_trigrams(3)
     two, log = attn.train_heads(task, 2, instances=8, progress=False)
     one, _ = attn.train_heads(task, 1, instances=4, progress=False)
     assert log.log[-1]["accuracy"] == 1.0
+    tokens = task.batch(2048, torch.Generator().manual_seed(2), source_probability=1.0)[0]
+    assert all(reference.uses_superposition(two.bridge(i), task, tokens) for i in range(8))  # section 4's census
     for i in range(4):
         solved = int((attn.trigram_accuracy(one.bridge(i), task) >= attn.SOLVED_FRACTION).sum())
         assert solved <= 2
