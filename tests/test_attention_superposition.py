@@ -311,3 +311,18 @@ def test_zoo_recipes_are_deterministic_and_write_files_every_user_can_read(tmp_p
         assert path.stat().st_mode & 0o044 == 0o044, path
     for path in models.ZOO_DIR.iterdir():
         assert path.stat().st_mode & 0o044 == 0o044, path
+
+
+def test_the_coherent_models_read_most_signals_with_both_heads():
+    """Section 5's text: every seed solves the source pairs, and most signal tokens are read by both heads."""
+    pairs = attn.SourcePairs()
+    coherent, log = attn.train_heads(pairs, 2, instances=8, progress=False)
+    assert log.log[-1]["accuracy"] == 1.0
+    tokens = pairs.batch(4096, torch.Generator().manual_seed(3))[0]
+    used = torch.stack(
+        [
+            (reference.source_attention(coherent.bridge(i), tokens, pairs.signals) >= attn.USED_ATTENTION).sum(0)
+            for i in range(8)
+        ]
+    )  # [seed, signal]
+    assert (used == 2).float().mean() > 0.5, used
