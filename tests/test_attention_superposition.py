@@ -13,15 +13,15 @@ import re
 import einops
 import pytest
 import torch
+from conftest import exercise_contract  # noqa: E402
 from conftest import fails as fails_with  # noqa: E402 - the suite's shared helpers
-from conftest import hard_coded  # noqa: E402
 from conftest import own as student  # noqa: E402
 
 from mechinterp_course import attention_superposition as attn
 from mechinterp_course import models
 from mechinterp_course import recipes as models_recipes
 from mechinterp_course.attention_superposition import checks, reference
-from mechinterp_course.checking import CheckFailed
+from mechinterp_course.checking import CheckFailed, Trial, seed_for
 from mechinterp_course.understanding import model_from_weights
 
 
@@ -29,41 +29,34 @@ def fails(check, *answers, match: str, hidden: str | None = None) -> str:
     return fails_with(check, *answers, match=re.escape(match), hidden=hidden)
 
 
+#: Every check but the hand-written heads', whose answer is a constant (the weights themselves), so that a
+#: hard-coded answer is the answer there.
 CHECKED = {
     checks.head_contributions: reference.head_contributions,
-    checks.handmade_heads: reference.handmade_heads,
     checks.uses_superposition: reference.uses_superposition,
     checks.source_attention: reference.source_attention,
     checks.head_share: reference.head_share,
     checks.attention_features: reference.attention_features,
 }
-IDS = [check.exercise for check in CHECKED]
+(
+    test_the_reference_passes,
+    test_the_library_reference_and_unfinished_stubs_are_refused,
+    test_a_hard_coded_answer_fails,
+) = exercise_contract(CHECKED)
 #: The salts the notebook's test cells use (visible, hidden): the census must hold both verdicts under each.
 NOTEBOOK_SALTS = ("", "31d7b6e8")
 
 
-@pytest.mark.parametrize("check", list(CHECKED), ids=IDS)
 @pytest.mark.parametrize("hidden", [None, "5eed0001"])
-def test_the_reference_passes(check, hidden, capsys):
-    check(student(CHECKED[check]), hidden=hidden)
+def test_the_handmade_heads_reference_passes_and_the_library_and_a_stub_are_refused(hidden, capsys):
+    checks.handmade_heads(student(reference.handmade_heads), hidden=hidden)
     assert "\u2705" in capsys.readouterr().out
+    fails(checks.handmade_heads, reference.handmade_heads, match="reference implementation")
 
-
-@pytest.mark.parametrize("check", list(CHECKED), ids=IDS)
-def test_the_library_reference_and_unfinished_stubs_are_refused(check):
-    fails(check, CHECKED[check], match="reference implementation")
-
-    def stub(*args, **kwargs):
+    def stub():
         raise NotImplementedError
 
-    fails(check, stub, match="not implemented yet")
-
-
-@pytest.mark.parametrize("check", [c for c in CHECKED if c is not checks.handmade_heads], ids=IDS[:1] + IDS[2:])
-def test_a_hard_coded_answer_fails(check):
-    """(The hand-written heads are the one answer that is a constant: the weights themselves.)"""
-    with pytest.raises(CheckFailed):
-        check(student(hard_coded(CHECKED[check])))
+    fails(checks.handmade_heads, stub, match="not implemented yet")
 
 
 def test_no_tool_is_a_twin_of_an_exercise():
@@ -143,16 +136,12 @@ def test_the_notebooks_training_claims_hold():
 @pytest.mark.parametrize("salt", NOTEBOOK_SALTS)
 def test_the_census_holds_both_verdicts_under_the_notebooks_salts(salt):
     """The superposition check says it tries models of both kinds: so it does, under the salts the notebook uses."""
-    from mechinterp_course.checking.core import _Run, _run  # the running check's state, set as a check would
-
-    token = _run.set(_Run("uses_superposition", salt, "attention_superposition"))
-    try:
-        verdicts = []
-        for _, model, task in checks._superposition_cases(next(iter(checks.trials(1)))):
-            tokens = task.batch(1024, torch.Generator().manual_seed(0), source_probability=1.0)[0]
-            verdicts.append(reference.uses_superposition(model, task, tokens))
-    finally:
-        _run.reset(token)
+    seed = seed_for("uses_superposition", 0, salt)  # the check's first trial under this salt
+    trial = Trial(0, seed, torch.Generator().manual_seed(seed))
+    verdicts = []
+    for _, model, task in checks.superposition_cases(trial, hidden=bool(salt)):
+        tokens = task.batch(1024, torch.Generator().manual_seed(0), source_probability=1.0)[0]
+        verdicts.append(reference.uses_superposition(model, task, tokens))
     assert verdicts[:2] == [False, True]  # split by construction, and the hand-written heads
     assert 0 < sum(verdicts[2:]) < len(verdicts[2:]), verdicts
 

@@ -160,7 +160,7 @@ def test_chapter_status_is_the_readmes():
     assert history.chapter_label("02") == "02 Grokking"
     assert history.chapter_label("03") == "03 Backup behaviour"
     assert history.chapter_label("04") == "04 Sparse autoencoders and dictionary learning"
-    assert history.chapter_label("05") == "05 Attention superposition (planned)"
+    assert history.chapter_label("05") == "05 Attention superposition"
     assert history.chapters_label(()) == "none"
     assert history.EVENTS["ioi"].chapters_text.startswith("01 Circuits, 03 Backup behaviour")
 

@@ -18,8 +18,9 @@ superposition lives, and every weight can be read as "token -> number".
 
 Why the read-off is the last position. Mathwin et al.'s data puts the skip-trigram anywhere in the sequence and
 trains on every position; here the destination token is always the last one and the loss is taken there only. The
-computation the heads must do is the same; training costs a tenth (one query per sequence instead of ten), which
-is what lets the notebook train 8 models in seconds on a CPU.
+computation the heads must do is the same, with one query per sequence instead of ten: per sequence, a training
+step took about a quarter of the time (measured: 2.7 against 11 microseconds per sequence and instance, 2 cores),
+which with the batched instances lets the notebook train 8 models in seconds on a CPU.
 """
 
 from __future__ import annotations

@@ -291,17 +291,17 @@ def _as_bool(value: Any, what: str) -> bool:
     raise AssertionError  # unreachable
 
 
-def _superposition_cases(trial: Trial):
-    """The models the check asks about, cheapest first: a split model and a superposed one by construction, then
-    the models it trains (their tokens renamed under ``hidden=``). A generator: nothing is trained for a function
-    that already failed on the first two."""
+def superposition_cases(trial: Trial, hidden: bool):
+    """The models the superposition check asks about, cheapest first: a split model and a superposed one by
+    construction, then the models it trains (their tokens renamed when ``hidden``). A generator: nothing is trained
+    for a function that already failed on the first two."""
     split, split_task = split_model()
     yield "a model that splits 2 trigrams between its 2 heads by construction", split, split_task
     hand = model_from_weights(complete_weights(reference.handmade_heads(), HAND_TASK))
     yield "the reference's hand-written heads (exercise 3.1)", hand, HAND_TASK
     for i, model in enumerate(_census_models(trial.seed % 1000)):
         task = skip_trigrams(CENSUS["n_trigrams"])
-        if is_hidden():
+        if hidden:
             task, perm = task.permuted(trial.generator)
             model = relabel(model, perm)
         yield f"model {i} the check trained (2 heads, 2 trigrams)", model, task
@@ -311,7 +311,7 @@ def _superposition_cases(trial: Trial):
 def uses_superposition(fn: Callable) -> str:
     trial = next(iter(trials(1)))
     verdicts = []
-    for what, model, task in _superposition_cases(trial):
+    for what, model, task in superposition_cases(trial, is_hidden()):
         tokens, _, _ = task.batch(1024, trial.generator, source_probability=1.0)
         expected = reference.uses_superposition(model, task, tokens)
         given = _as_bool(call(fn, model, task, tokens), f"for {what}")

@@ -45,7 +45,7 @@ CHAPTER_STATUS: dict[str, str] = {
     "02": "ready",
     "03": "ready",
     "04": "ready",
-    "05": "planned",
+    "05": "ready",
     "06": "ready",
 }
 
