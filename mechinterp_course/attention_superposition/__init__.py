@@ -358,7 +358,7 @@ def heads_by_trigram_figure(contributions: Tensor, task: SkipTrigrams, title: st
     """``contributions [n_heads, n_trigrams, d_vocab]`` (mean logit contribution of each head at each destination,
     source present) as one heatmap per head: rows are destinations ``b``, columns output tokens (BOS left out); a
     box marks the right output ``c_b``."""
-    contributions = contributions[..., : task.bos]  # BOS is never a target: its large negative logit hides the rest
+    contributions = contributions.detach()[..., : task.bos]  # BOS is never a target: its large logit hides the rest
     n_heads = contributions.shape[0]
     names = [str(t) for t in range(task.bos)]
     rows = [f"b = {b}" for b in task.destinations]
